@@ -1,0 +1,80 @@
+"""The docker_engine role on a staging host: service, compose, daemon options, users, a real
+published container with a memory limit, and live-restore across an engine restart."""
+
+import re
+import time
+
+import pytest
+
+from conftest import docker_inspect
+
+PROBE_IMAGE = "probe-web:kit"
+PROBE_PORT = 18080
+
+
+def test_docker_is_active_and_enabled(host):
+    docker = host.service("docker")
+    assert docker.is_running
+    assert docker.is_enabled
+
+
+def test_compose_v2_is_at_least_2_18(host):
+    version = host.check_output("docker compose version --short")
+    major, minor = (int(part) for part in re.match(r"v?(\d+)\.(\d+)", version).groups())
+    assert (major, minor) >= (2, 18), version
+
+
+def test_daemon_json_options_are_in_effect(host):
+    assert host.file("/etc/docker/daemon.json").mode == 0o644
+    assert host.check_output("docker info --format '{{.LoggingDriver}}'") == "json-file"
+    assert host.check_output("docker info --format '{{.LiveRestoreEnabled}}'") == "true"
+
+
+def test_dockerd_runs_with_the_configured_environment(host):
+    pid = host.check_output("systemctl show -p MainPID --value docker")
+    environ = host.file(f"/proc/{pid}/environ").content.split(b"\0")
+    assert b"DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE=1" in environ
+
+
+def test_configured_users_are_in_the_docker_group(host):
+    assert "docker" in host.user("deploy").groups
+
+
+@pytest.fixture(scope="module")
+def probe_container(host, deliver_kit_image):
+    deliver_kit_image(PROBE_IMAGE)
+    host.run("docker rm -f probe-web")
+    host.check_output(f"docker run -d --name probe-web --memory 128m "
+                      f"-p 127.0.0.1:{PROBE_PORT}:8080 {PROBE_IMAGE}")
+    yield "probe-web"
+    host.run("docker rm -f probe-web")
+
+
+def wait_for_http(host, url, timeout=15):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = host.run(f"curl -fsS --max-time 2 {url}")
+        if result.rc == 0 or time.monotonic() > deadline:
+            return result
+        time.sleep(0.5)
+
+
+def test_published_container_with_memory_limit_answers(host, probe_container):
+    state = docker_inspect(host, probe_container)
+    assert state["State"]["Running"]
+    assert state["HostConfig"]["Memory"] == 128 * 1024 * 1024
+    assert host.socket(f"tcp://127.0.0.1:{PROBE_PORT}").is_listening
+    assert wait_for_http(host, f"http://127.0.0.1:{PROBE_PORT}/").stdout.strip() == "probe-web ok"
+
+
+def test_container_survives_engine_restart(host, probe_container):
+    before = docker_inspect(host, probe_container)["State"]
+    dockerd_before = host.check_output("systemctl show -p MainPID --value docker")
+    host.check_output("systemctl restart docker")
+    dockerd_after = host.check_output("systemctl show -p MainPID --value docker")
+    assert dockerd_after != dockerd_before, "dockerd was not restarted"
+    after = docker_inspect(host, probe_container)["State"]
+    assert after["Running"]
+    assert after["Pid"] == before["Pid"], "the container was restarted, not kept alive"
+    assert after["StartedAt"] == before["StartedAt"]
+    assert wait_for_http(host, f"http://127.0.0.1:{PROBE_PORT}/").stdout.strip() == "probe-web ok"
