@@ -1,0 +1,44 @@
+# Thin wrappers; each target says what it runs. See README.md.
+VENV      ?= .venv
+SCENARIOS ?= default
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_NOCOLOR ?= 1
+export NO_COLOR ?= 1
+
+.PHONY: up down test lint molecule toolchain host-engine kit bench-engine
+
+## up: toolchain + image kit + local staging host, then site.yml against it (README command 1)
+up: toolchain kit
+	ansible-playbook playbooks/local.yml
+	ansible-playbook playbooks/site.yml
+
+## down: remove the local staging host and its engine volume
+down: toolchain
+	ansible-playbook playbooks/local.yml -e staging_host_state=absent
+
+## test: lint + every molecule scenario, one after another (README command 2)
+test: lint molecule
+
+lint: toolchain
+	yamllint .
+	ansible-lint
+
+molecule: toolchain kit
+	@for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s || exit 1; done
+
+## bench-engine: cold install vs bare apt, and the no-op re-run, on fresh staging hosts
+bench-engine: toolchain kit
+	scripts/bench-engine
+
+toolchain: $(VENV)/.installed
+$(VENV)/.installed: requirements-dev.txt
+	@echo "[toolchain] installing the pinned controller toolchain into $(VENV) (about 60 s)"
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	@touch $@
+
+host-engine:
+	scripts/host-engine
+
+kit: host-engine
+	molecule/kit/build-images
