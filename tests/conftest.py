@@ -3,6 +3,7 @@ host through molecule's inventory (ansible backend, docker connection)."""
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -42,3 +43,10 @@ def run_playbook(playbook, *args):
                ANSIBLE_ROLES_PATH=os.path.join(PROJECT_DIR, "roles"))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=PROJECT_DIR)
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def recap_changed(output):
+    """The number of changed tasks in a playbook run's PLAY RECAP."""
+    counts = re.findall(r"changed=(\d+)", output.split("PLAY RECAP", 1)[-1])
+    assert counts, output
+    return sum(int(n) for n in counts)

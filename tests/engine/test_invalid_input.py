@@ -1,18 +1,10 @@
 """Bad input stops the play with a message a person can act on, before any change."""
 
-import re
-
 import pytest
 
-from conftest import run_playbook
+from conftest import recap_changed, run_playbook
 
 WATCHED_FILES = ["/etc/docker/daemon.json", "/etc/systemd/system/docker.service.d/environment.conf"]
-
-
-def recap_changed(output):
-    counts = re.findall(r"changed=(\d+)", output.split("PLAY RECAP", 1)[-1])
-    assert counts, output
-    return sum(int(n) for n in counts)
 
 
 @pytest.fixture
