@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_NOCOLOR ?= 1
 export NO_COLOR ?= 1
 
-.PHONY: up down test lint molecule toolchain host-engine kit bench-engine
+.PHONY: up down test lint apptest molecule toolchain prepare-machine kit bench-engine
 
 ## up: toolchain + image kit + local staging host, then site.yml against it (README command 1)
 up: toolchain kit
@@ -16,8 +16,11 @@ up: toolchain kit
 down: toolchain
 	ansible-playbook playbooks/local.yml -e staging_host_state=absent
 
-## test: lint + every molecule scenario, one after another (README command 2)
-test: lint molecule
+## test: lint + app tests against real servers + every molecule scenario (README command 2)
+test: lint apptest molecule
+
+apptest: toolchain prepare-machine
+	python -m pytest -q tests/apps
 
 lint: toolchain
 	yamllint .
@@ -31,14 +34,14 @@ bench-engine: toolchain kit
 	scripts/bench-engine
 
 toolchain: $(VENV)/.installed
-$(VENV)/.installed: requirements-dev.txt
+$(VENV)/.installed: requirements-dev.txt roles/hitcounter/files/app/requirements.txt
 	@echo "[toolchain] installing the pinned controller toolchain into $(VENV) (about 60 s)"
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	$(VENV)/bin/pip install -q -r requirements-dev.txt -r roles/hitcounter/files/app/requirements.txt
 	@touch $@
 
-host-engine:
-	scripts/host-engine
+prepare-machine:
+	scripts/prepare-machine
 
-kit: host-engine
+kit: prepare-machine
 	molecule/kit/build-images

@@ -1,0 +1,98 @@
+"""The hit-counter app against a real redis-server: counting, concurrency, errors as JSON,
+Redis outages as 503 and recovery without a restart."""
+
+import importlib.util
+import os
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import redis
+from werkzeug.serving import make_server
+
+APP_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "roles", "hitcounter", "files", "app", "app.py")
+
+
+def load_app_module():
+    spec = importlib.util.spec_from_file_location("hitcounter_app", APP_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def client(redis_server):
+    app = load_app_module().create_app({"HOST_REDIS": "127.0.0.1", "PORT_REDIS": str(redis_server.port)})
+    return app.test_client()
+
+
+def hits(response):
+    text = response.get_data(as_text=True)
+    assert text.startswith("Hello World! ") and text.endswith(" times."), text
+    return int(text.split()[2])
+
+
+def test_each_get_counts_exactly_one(client):
+    first = hits(client.get("/"))
+    assert [hits(client.get("/")) for _ in range(5)] == [first + n for n in range(1, 6)]
+
+
+def test_page_text_is_the_seed_text(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.get_data(as_text=True) == "Hello World! 1 times."
+    assert response.mimetype == "text/plain"
+
+
+def test_config_comes_from_the_environment(redis_server, tmp_path):
+    password_file = tmp_path / "password"
+    password_file.write_text("unused\n")
+    module = load_app_module()
+    app = module.create_app({"HOST_REDIS": "127.0.0.1", "PORT_REDIS": str(redis_server.port), "DB_REDIS": "3"})
+    app.test_client().get("/")
+    assert redis.Redis(port=redis_server.port, db=3).get("hits") == b"1"
+    assert redis.Redis(port=redis_server.port, db=0).get("hits") is None
+    assert module.redis_password({"PASSWORD_FILE_REDIS": str(password_file)}) == "unused"
+
+
+def test_concurrent_requests_lose_no_increment(redis_server):
+    app = load_app_module().create_app({"HOST_REDIS": "127.0.0.1", "PORT_REDIS": str(redis_server.port)})
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}/"
+    try:
+        def get(_):
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return int(response.read().decode().split()[2])
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            counts = list(pool.map(get, range(200)))
+    finally:
+        server.shutdown()
+    assert sorted(counts) == list(range(1, 201))
+
+
+@pytest.mark.parametrize("method, path, status", [("GET", "/nope", 404), ("POST", "/", 405), ("DELETE", "/healthz", 405)])
+def test_unknown_routes_and_methods_get_json_errors(client, method, path, status):
+    response = client.open(path, method=method)
+    assert response.status_code == status
+    assert response.is_json and response.get_json()["error"]
+
+
+def test_healthz_checks_redis(client, redis_server):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    redis_server.stop()
+    response = client.get("/healthz")
+    assert response.status_code == 503 and response.get_json()["error"] == "redis unavailable"
+
+
+def test_redis_outage_is_a_json_503_and_the_app_recovers(client, redis_server):
+    assert hits(client.get("/")) == 1
+    redis_server.stop()
+    down = client.get("/")
+    assert down.status_code == 503
+    assert down.get_json() == {"error": "redis unavailable", "detail": "ConnectionError"}
+    redis_server.start()  # same port, empty data (no persistence in this test)
+    assert hits(client.get("/")) == 1
