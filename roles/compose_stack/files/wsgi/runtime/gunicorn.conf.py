@@ -1,0 +1,17 @@
+"""gunicorn settings, all from the environment (12-factor)."""
+
+import os
+
+bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+worker_class = "gthread" if threads > 1 else "sync"
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "20"))
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+# /tmp is a tmpfs (read-only root filesystem); heartbeat files there stay in memory.
+worker_tmp_dir = "/tmp"
+# gunicorn 23+ control socket: the root filesystem is read-only, so it lives in /tmp too.
+control_socket = "/tmp/gunicorn.ctl"
+accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG", "0") == "1" else None
+errorlog = "-"
