@@ -1,0 +1,163 @@
+"""The hit counter on a staging host: containers and limits, counting, concurrency, supervisor,
+crash drills and a staging-host reboot. Expected values come from the scenario's variables."""
+
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import container_name
+from stack import (crash_main_process, http_get, inspect, size_in_bytes, wait_for, wait_healthy,
+                   wait_restarted)
+
+WEB = "hitcounter-web-1"
+REDIS = "hitcounter-redis-1"
+SUPERVISORD_CONF = "/etc/wsgi/supervisord.conf"
+
+
+@pytest.fixture(scope="module")
+def stack_vars(host):
+    return host.ansible.get_variables()
+
+
+@pytest.fixture(scope="module")
+def page_url(stack_vars):
+    return f"http://127.0.0.1:{stack_vars['hitcounter_port']}/"
+
+
+def hits_in_redis(host, stack_vars):
+    return int(host.check_output(
+        f"docker exec {REDIS} redis-cli -p {stack_vars['hitcounter_redis_port']} get hits") or 0)
+
+
+def count_from_page(host, url):
+    status, body = http_get(host, url)
+    assert status == 200, body
+    assert body.startswith("Hello World! ") and body.endswith(" times."), body
+    return int(body.split()[2])
+
+
+def supervisor_status(host):
+    # supervisord runs inside the web container, out of reach of testinfra's supervisor module,
+    # so its `supervisorctl status` line is read here: "gunicorn RUNNING pid 7, uptime 0:01:02".
+    line = host.check_output(f"docker exec {WEB} supervisorctl -c {SUPERVISORD_CONF} status gunicorn")
+    name, state, *rest = line.split()
+    pid = int(rest[1].rstrip(",")) if state == "RUNNING" else None
+    return name, state, pid
+
+
+def gunicorn_workers(host, master_pid):
+    """PIDs (in the container) whose parent is the gunicorn master."""
+    script = ("import os;print(' '.join(p for p in os.listdir('/proc') if p.isdigit() and "
+              f"open('/proc/'+p+'/stat').read().rsplit(')',1)[1].split()[1]=='{master_pid}'))")
+    return set(host.check_output(f"docker exec {WEB} python3 -c \"{script}\"").split())
+
+
+def kill_in_web(host, pid):
+    # The slim python image has no kill binary; the shell's builtin does it.
+    host.check_output(f"docker exec {WEB} sh -c 'kill -9 {pid}'")
+
+
+def test_containers_run_with_the_configured_policy_and_limits(host, stack_vars):
+    for container, prefix in [(WEB, "hitcounter_web"), (REDIS, "hitcounter_redis")]:
+        state = inspect(host, container)
+        config = state["HostConfig"]
+        assert state["State"]["Running"], container
+        assert config["RestartPolicy"]["Name"] == stack_vars.get("hitcounter_restart_policy", "unless-stopped")
+        assert config["Memory"] == size_in_bytes(stack_vars[f"{prefix}_memory"]), container
+        assert config["NanoCpus"] == round(float(stack_vars[f"{prefix}_cpus"]) * 1e9), container
+        assert config["PidsLimit"] == int(stack_vars[f"{prefix}_pids"]), container
+        assert config["ReadonlyRootfs"] is True, container
+        assert config["CapDrop"] == ["ALL"], container
+        assert "no-new-privileges:true" in config["SecurityOpt"], container
+        assert state["Config"]["User"] in ("10001:10001", "999:999"), container
+
+
+def test_web_gets_its_redis_address_from_the_environment(host, stack_vars):
+    env = dict(item.split("=", 1) for item in inspect(host, WEB)["Config"]["Env"])
+    assert env["HOST_REDIS"] == "redis"
+    assert env["PORT_REDIS"] == str(stack_vars["hitcounter_redis_port"])
+    command = inspect(host, REDIS)["Config"]["Cmd"]
+    assert command[command.index("--port") + 1] == str(stack_vars["hitcounter_redis_port"])
+
+
+def test_published_port_listens_and_each_get_counts_one(host, stack_vars, page_url):
+    assert host.socket(f"tcp://0.0.0.0:{stack_vars['hitcounter_port']}").is_listening
+    first = count_from_page(host, page_url)
+    assert [count_from_page(host, page_url) for _ in range(5)] == [first + n for n in range(1, 6)]
+    assert hits_in_redis(host, stack_vars) == first + 5
+
+
+def test_200_concurrent_requests_add_exactly_200(host, stack_vars, page_url):
+    before = hits_in_redis(host, stack_vars)
+    script = ("import concurrent.futures as f, urllib.request as u\n"
+              f"def get(_): return u.urlopen('{page_url}', timeout=30).status\n"
+              "with f.ThreadPoolExecutor(50) as p: print(sum(s == 200 for s in p.map(get, range(200))))")
+    assert host.check_output(f"python3 -c \"{script}\"") == "200"
+    assert hits_in_redis(host, stack_vars) - before == 200
+
+
+def test_redis_is_not_reachable_on_any_host_port(host, stack_vars):
+    assert not any(binding for binding in (inspect(host, REDIS)["NetworkSettings"]["Ports"] or {}).values())
+    redis_port = str(stack_vars["hitcounter_redis_port"])
+    listening = host.socket.get_listening_sockets()
+    assert not [socket for socket in listening if socket.rsplit(":", 1)[-1] in (redis_port, "6379")], listening
+
+
+def test_supervisor_runs_gunicorn(host):
+    name, state, pid = supervisor_status(host)
+    assert (name, state) == ("gunicorn", "RUNNING")
+    assert pid > 1
+
+
+def test_supervisor_restarts_a_killed_gunicorn_master(host, page_url):
+    _, _, old_pid = supervisor_status(host)
+    kill_in_web(host, old_pid)
+    wait_for("supervisor to start a new gunicorn master",
+             lambda: (status := supervisor_status(host))[1] == "RUNNING" and status[2] != old_pid, 15)
+    # The new master retries its bind for a few seconds while the old workers let go of it.
+    wait_for("HTTP to answer after the gunicorn restart", lambda: http_get(host, page_url)[0] == 200, 15)
+
+
+def test_gunicorn_respawns_a_killed_worker(host, page_url):
+    _, _, master = supervisor_status(host)
+    workers = wait_for("gunicorn workers", lambda: gunicorn_workers(host, master), 15)
+    victim = sorted(workers)[0]
+    kill_in_web(host, victim)
+    wait_for("a replacement worker", lambda: (now := gunicorn_workers(host, master))
+             and victim not in now and len(now) == len(workers), 15)
+    assert supervisor_status(host)[2] == master
+    assert http_get(host, page_url)[0] == 200
+
+
+def test_web_comes_back_after_its_main_process_is_killed(host, page_url):
+    restarts = crash_main_process(host, WEB)
+    wait_restarted(host, WEB, restarts)
+    assert http_get(host, page_url)[0] == 200
+
+
+def test_redis_comes_back_after_its_main_process_is_killed(host, page_url):
+    restarts = crash_main_process(host, REDIS)
+    wait_restarted(host, REDIS, restarts)
+    wait_for("the page to count again", lambda: http_get(host, page_url)[0] == 200, 15)
+
+
+def test_counter_survives_a_graceful_redis_restart(host, stack_vars, page_url):
+    count = count_from_page(host, page_url)
+    host.check_output(f"docker restart {REDIS}")
+    wait_healthy(host, REDIS)
+    assert hits_in_redis(host, stack_vars) == count
+    wait_for("the page to count again", lambda: http_get(host, page_url)[0] == 200, 15)
+
+
+def test_engine_and_stack_come_back_after_a_staging_host_reboot(host, stack_vars, page_url):
+    count = count_from_page(host, page_url)
+    subprocess.run(["docker", "restart", "-t", "60", container_name(host)], check=True, capture_output=True)
+    wait_for("systemd to boot", lambda: host.run("systemctl is-system-running --wait").stdout.strip()
+             in ("running", "degraded"), 120)
+    assert host.service("docker").is_running
+    wait_healthy(host, REDIS, 120)
+    wait_healthy(host, WEB, 120)
+    assert hits_in_redis(host, stack_vars) == count
+    assert count_from_page(host, page_url) == count + 1

@@ -1,0 +1,54 @@
+"""Variable changes roll out on a re-run; invalid variables stop the play before any change."""
+
+import json
+
+import pytest
+
+from conftest import recap_changed, run_playbook
+from stack import inspect, size_in_bytes
+
+WEB = "hitcounter-web-1"
+REDIS = "hitcounter-redis-1"
+
+
+def web_env(host):
+    return dict(item.split("=", 1) for item in inspect(host, WEB)["Config"]["Env"])
+
+
+def test_changed_limit_and_env_roll_out_and_keep_redis(host):
+    redis_id = inspect(host, REDIS)["Id"]
+    rc, output = run_playbook("site.yml", "-e", json.dumps({"hitcounter_web_memory": "96M", "hitcounter_workers": 3}))
+    assert rc == 0, output
+    assert inspect(host, WEB)["HostConfig"]["Memory"] == size_in_bytes("96M")
+    assert web_env(host)["GUNICORN_WORKERS"] == "3"
+    assert inspect(host, REDIS)["Id"] == redis_id, "redis was recreated for a web-only change"
+
+    rc, output = run_playbook("site.yml")
+    assert rc == 0, output
+    assert inspect(host, WEB)["HostConfig"]["Memory"] == size_in_bytes(host.ansible.get_variables()["hitcounter_web_memory"])
+    assert web_env(host)["GUNICORN_WORKERS"] == "2"
+
+
+@pytest.fixture
+def unchanged_stack(host):
+    def snapshot():
+        return ([inspect(host, name)["Id"] for name in (WEB, REDIS)],
+                [host.file(path).sha256sum for path in ("/opt/hitcounter/compose.yaml", "/opt/hitcounter/.env")])
+    before = snapshot()
+    yield
+    assert snapshot() == before, "a failed run changed the stack"
+
+
+@pytest.mark.parametrize("extra_vars, message", [
+    ({"hitcounter_web_memory": "lots"}, "hitcounter_web_memory is \"lots\": give a size such as 128M"),
+    ({"hitcounter_port": 70000}, "hitcounter_port is 70000: a TCP port is 1-65535"),
+    ({"hitcounter_web_cpus": 0}, "hitcounter_web_cpus is 0: it must be greater than 0"),
+    ({"hitcounter_restart_policy": "sometimes"}, "value of hitcounter_restart_policy must be one of"),
+    ({"hitcounter_workers": "many"}, "argument 'hitcounter_workers' is of type str and we were unable to convert to int"),
+    ({"app_stack": "wordpress"}, "app_stack is \"wordpress\"; choose one of"),
+])
+def test_invalid_variables_stop_before_any_change(unchanged_stack, extra_vars, message):
+    rc, output = run_playbook("site.yml", "-e", json.dumps(extra_vars))
+    assert rc != 0, output
+    assert message in output, output
+    assert recap_changed(output) == 0, output
