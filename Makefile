@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_NOCOLOR ?= 1
 export NO_COLOR ?= 1
 
-.PHONY: up down test lint apptest molecule toolchain prepare-machine kit bench-engine
+.PHONY: up down test lint apptest molecule toolchain prepare-machine kit bench bench-engine bench-hitcounter
 
 ## up: toolchain + image kit + local staging host, then site.yml against it (README command 1)
 up: toolchain kit
@@ -29,9 +29,16 @@ lint: toolchain
 molecule: toolchain kit
 	@for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s || exit 1; done
 
+## bench: every benchmark (figures only, no assertions); BENCH_SECONDS=5 for a short run
+bench: bench-engine bench-hitcounter
+
 ## bench-engine: cold install vs bare apt, and the no-op re-run, on fresh staging hosts
 bench-engine: toolchain kit
 	scripts/bench-engine
+
+## bench-hitcounter: deployed vs seed dev server vs no-Redis ceiling, at the 128M limit
+bench-hitcounter: toolchain kit
+	scripts/bench-hitcounter
 
 toolchain: $(VENV)/.installed
 $(VENV)/.installed: requirements-dev.txt roles/hitcounter/files/app/requirements.txt
