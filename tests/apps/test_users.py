@@ -1,0 +1,144 @@
+"""The users API against a real PostgreSQL server: round trip, every validation case (4xx with
+a JSON message and no row written), pagination, concurrency, outage and recovery."""
+
+import importlib.util
+import json
+import os
+import threading
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from werkzeug.serving import make_server
+
+APP_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "roles", "users", "files", "app")
+
+
+def load_app_module():
+    spec = importlib.util.spec_from_file_location("users_app", os.path.join(APP_DIR, "app.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def users_app(postgres_server):
+    module = load_app_module()
+    module.migrate(postgres_server.env)
+    return module.create_app(postgres_server.env)
+
+
+@pytest.fixture
+def client(users_app):
+    return users_app.test_client()
+
+
+def row_count(client):
+    count, after_id = 0, 0
+    while after_id is not None:
+        page = client.get(f"/users?limit=200&after_id={after_id}").get_json()
+        count += len(page["users"])
+        after_id = page["next_after_id"]
+    return count
+
+
+def test_post_then_get_round_trip(client):
+    created = client.post("/users", json={"name": "Ada Lovelace"})
+    assert created.status_code == 201
+    user = created.get_json()
+    assert set(user) == {"id", "name", "created_at"} and user["name"] == "Ada Lovelace"
+    assert client.get(f"/users/{user['id']}").get_json() == user
+    assert client.get("/users").get_json() == {"users": [user], "next_after_id": None}
+
+
+def test_migrate_is_idempotent(postgres_server, client):
+    client.post("/users", json={"name": "kept"})
+    load_app_module().migrate(postgres_server.env)
+    assert row_count(client) == 1
+
+
+BAD_POSTS = [
+    ("invalid JSON", {"data": b'{"name": ', "content_type": "application/json"}, 400, "not valid JSON"),
+    ("not an object", {"json": ["Ada"]}, 400, "must be a JSON object"),
+    ("JSON string", {"json": "Ada"}, 400, "must be a JSON object"),
+    ("name missing", {"json": {"nom": "Ada"}}, 400, "name is required"),
+    ("name empty", {"json": {"name": ""}}, 400, "must not be empty"),
+    ("name whitespace", {"json": {"name": " \t\n "}}, 400, "must not be empty"),
+    ("name not a string", {"json": {"name": 42}}, 400, "must be a string"),
+    ("name null", {"json": {"name": None}}, 400, "must be a string"),
+    ("name too long", {"json": {"name": "x" * 81}}, 400, "at most 80 characters"),
+    ("body over the cap", {"json": {"name": "x" * 5000}}, 413, ""),
+    ("wrong content type", {"data": '{"name": "Ada"}', "content_type": "text/plain"}, 415, "application/json"),
+    ("form post", {"data": {"name": "Ada"}}, 415, "application/json"),
+]
+
+
+@pytest.mark.parametrize("case, kwargs, status, message", BAD_POSTS, ids=[case[0] for case in BAD_POSTS])
+def test_bad_posts_get_a_json_4xx_and_write_nothing(client, case, kwargs, status, message):
+    response = client.post("/users", **kwargs)
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.is_json, response.get_data(as_text=True)
+    assert message in response.get_json()["detail"]
+    assert row_count(client) == 0
+
+
+def test_name_of_exactly_80_characters_is_accepted(client):
+    assert client.post("/users", json={"name": "x" * 80}).status_code == 201
+
+
+@pytest.mark.parametrize("path, status", [("/users/999999", 404), ("/users/abc", 404), ("/nope", 404),
+                                          ("/users?limit=0", 400), ("/users?limit=201", 400),
+                                          ("/users?limit=x", 400), ("/users?after_id=-1", 400)])
+def test_bad_reads_get_json_errors(client, path, status):
+    response = client.get(path)
+    assert response.status_code == status
+    assert response.is_json and response.get_json()["error"]
+
+
+def test_unknown_methods_get_json_405(client):
+    response = client.delete("/users")
+    assert response.status_code == 405 and response.is_json
+
+
+def test_pagination_walks_every_row_once_in_id_order(client):
+    ids = [client.post("/users", json={"name": f"user {n}"}).get_json()["id"] for n in range(23)]
+    seen, after_id, pages = [], 0, 0
+    while after_id is not None:
+        page = client.get(f"/users?limit=10&after_id={after_id}").get_json()
+        assert len(page["users"]) <= 10
+        seen += [user["id"] for user in page["users"]]
+        after_id, pages = page["next_after_id"], pages + 1
+    assert seen == ids == sorted(ids)
+    assert pages == 3
+    assert len(client.get("/users").get_json()["users"]) == 23  # default limit 50
+
+
+def test_parallel_inserts_give_distinct_rows(users_app, client):
+    server = make_server("127.0.0.1", 0, users_app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/users"
+
+    def post(n):
+        request = urllib.request.Request(url, data=json.dumps({"name": f"parallel {n}"}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())["id"]
+    try:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            results = list(pool.map(post, range(100)))
+    finally:
+        server.shutdown()
+    assert {status for status, _ in results} == {201}
+    assert len({user_id for _, user_id in results}) == 100
+    assert row_count(client) == 100
+
+
+def test_database_outage_is_a_json_503_and_the_api_recovers(client, postgres_server):
+    assert client.post("/users", json={"name": "before"}).status_code == 201
+    postgres_server.stop()
+    for response in (client.get("/users"), client.post("/users", json={"name": "during"}), client.get("/healthz")):
+        assert response.status_code == 503
+        assert response.get_json()["error"] == "database unavailable"
+    postgres_server.start()
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert [user["name"] for user in client.get("/users").get_json()["users"]] == ["before"]
