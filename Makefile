@@ -41,10 +41,10 @@ bench-hitcounter: toolchain kit
 	scripts/bench-hitcounter
 
 toolchain: $(VENV)/.installed
-$(VENV)/.installed: requirements-dev.txt roles/hitcounter/files/app/requirements.txt
+$(VENV)/.installed: requirements-dev.txt roles/hitcounter/files/app/requirements.txt roles/users/files/app/requirements.txt
 	@echo "[toolchain] installing the pinned controller toolchain into $(VENV) (about 60 s)"
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q -r requirements-dev.txt -r roles/hitcounter/files/app/requirements.txt
+	$(VENV)/bin/pip install -q -r requirements-dev.txt -r roles/hitcounter/files/app/requirements.txt -r roles/users/files/app/requirements.txt
 	@touch $@
 
 prepare-machine:

@@ -1,8 +1,12 @@
-"""Real servers for the app tests: a redis-server process on a free loopback port."""
+"""Real servers for the app tests: redis-server and PostgreSQL processes on free loopback ports."""
 
+import glob
+import os
+import pathlib
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -49,3 +53,53 @@ def redis_server(tmp_path):
     yield server
     if server.process.poll() is None:
         server.stop()
+
+
+class PostgresServer:
+    """A real PostgreSQL server (Debian's binaries) in a temporary directory, run as the
+    `postgres` user (initdb refuses root), listening on a free loopback port."""
+
+    def __init__(self, tmp_path, password="test-password"):
+        bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        assert bindirs, "PostgreSQL is not installed (scripts/prepare-machine installs it)"
+        self.bin = bindirs[-1]
+        self.port = free_port()
+        self.dir = tmp_path / "pg"
+        self.password_file = tmp_path / "db_password"
+        self.password_file.write_text(password + "\n")
+        self.env = {"DB_HOST": "127.0.0.1", "DB_PORT": str(self.port), "DB_NAME": "users",
+                    "DB_USER": "users", "DB_PASSWORD_FILE": str(self.password_file)}
+        self.dir.mkdir()
+        shutil.chown(self.dir, "postgres", "postgres")
+        shutil.copy(self.password_file, self.dir / "pwfile")
+        shutil.chown(self.dir / "pwfile", "postgres", "postgres")
+        self.as_postgres(f"{self.bin}/initdb", "-D", str(self.dir / "data"), "-U", "users",
+                         f"--pwfile={self.dir / 'pwfile'}", "--auth=scram-sha-256", "-E", "UTF8")
+        self.start()
+        self.as_postgres(f"{self.bin}/createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "users", "users",
+                         env={"PGPASSWORD": password})
+
+    def as_postgres(self, *command, env=None):
+        subprocess.run(["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", *command],
+                       check=True, capture_output=True, env={**os.environ, **(env or {})}, cwd=self.dir)
+
+    def start(self):
+        self.as_postgres(f"{self.bin}/pg_ctl", "-D", str(self.dir / "data"), "-w", "-l", str(self.dir / "log"), "-o",
+                         f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+
+    def stop(self):
+        self.as_postgres(f"{self.bin}/pg_ctl", "-D", str(self.dir / "data"), "-w", "-m", "fast", "stop")
+
+
+@pytest.fixture
+def postgres_server():
+    # Not tmp_path: its parents are private to root, and the server runs as postgres.
+    base = pathlib.Path(tempfile.mkdtemp(prefix="users-pg-"))
+    shutil.chown(base, "postgres", "postgres")
+    server = PostgresServer(base)
+    yield server
+    try:
+        server.stop()
+    except subprocess.CalledProcessError:
+        pass  # already stopped by the test
+    shutil.rmtree(base)
