@@ -52,4 +52,4 @@ prepare-machine:
 
 kit: prepare-machine
 	molecule/kit/build-images
-	molecule/kit/build-images --save .cache/images/stand-ins.tar python redis
+	molecule/kit/build-images --save .cache/images/stand-ins.tar python redis postgres
