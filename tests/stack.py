@@ -2,6 +2,8 @@
 
 import json
 import re
+import shlex
+import subprocess
 import time
 
 SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
@@ -28,11 +30,18 @@ def wait_for(what, check, timeout, interval=0.5):
         time.sleep(interval)
 
 
+def http(host, url, method="GET", body=None, content_type="application/json"):
+    """(status, body) of a request sent from the staging host itself."""
+    command = f"curl -s --max-time 5 -X {method} -w '\\n%{{http_code}}'"
+    if body is not None:
+        command = f"printf %s {shlex.quote(body)} | {command} -H 'Content-Type: {content_type}' --data-binary @-"
+    result = host.run(f"{command} {shlex.quote(url)}")
+    text, _, status = result.stdout.rpartition("\n")
+    return int(status or 0), text
+
+
 def http_get(host, url):
-    """(status, body) of a GET from the staging host itself."""
-    result = host.run(f"curl -s --max-time 5 -w '\\n%{{http_code}}' {url}")
-    body, _, status = result.stdout.rpartition("\n")
-    return int(status or 0), body
+    return http(host, url)
 
 
 def wait_healthy(host, container, timeout=60):
@@ -57,3 +66,52 @@ def wait_restarted(host, container, restart_count_before, timeout=60):
     wait_for(f"{container} to be restarted by its policy",
              lambda: inspect(host, container)["RestartCount"] > restart_count_before, timeout)
     wait_healthy(host, container, timeout)
+
+
+def supervisor_status(host, container):
+    """(name, state, pid) of gunicorn from `supervisorctl status` in the container. supervisord
+    runs inside the container, out of reach of testinfra's supervisor module, so its status
+    line is read here: "gunicorn RUNNING pid 7, uptime 0:01:02"."""
+    line = host.check_output(f"docker exec {container} supervisorctl -c /etc/wsgi/supervisord.conf status gunicorn")
+    name, state, *rest = line.split()
+    pid = int(rest[1].rstrip(",")) if state == "RUNNING" else None
+    return name, state, pid
+
+
+def kill_in_container(host, container, pid):
+    # The slim python image has no kill binary; the shell's builtin does it.
+    host.check_output(f"docker exec {container} sh -c 'kill -9 {pid}'")
+
+
+def assert_supervisor_restarts_gunicorn(host, container, url):
+    """kill -9 of the gunicorn master: supervisor starts a new one and HTTP answers again."""
+    _, _, old_pid = supervisor_status(host, container)
+    kill_in_container(host, container, old_pid)
+    wait_for("supervisor to start a new gunicorn master",
+             lambda: (status := supervisor_status(host, container))[1] == "RUNNING" and status[2] != old_pid, 15)
+    # The new master retries its bind for a few seconds while the old workers let go of it.
+    wait_for("HTTP to answer after the gunicorn restart", lambda: http_get(host, url)[0] == 200, 15)
+
+
+def reboot_staging_host(host, name):
+    """Restart the staging-host container (a VM reboot) and wait until systemd has booted."""
+    subprocess.run(["docker", "restart", "-t", "60", name], check=True, capture_output=True)
+    wait_for("systemd to boot", lambda: host.run("systemctl is-system-running --wait").stdout.strip()
+             in ("running", "degraded"), 120)
+    assert host.service("docker").is_running
+
+
+def assert_limits(host, container, stack_vars, prefix):
+    """The container runs with the restart policy, limits and hardening of its variables."""
+    state = inspect(host, container)
+    config = state["HostConfig"]
+    stack = prefix.split("_")[0]
+    assert state["State"]["Running"], container
+    assert config["RestartPolicy"]["Name"] == stack_vars.get(f"{stack}_restart_policy", "unless-stopped")
+    assert config["Memory"] == size_in_bytes(stack_vars[f"{prefix}_memory"]), container
+    assert config["NanoCpus"] == round(float(stack_vars[f"{prefix}_cpus"]) * 1e9), container
+    assert config["PidsLimit"] == int(stack_vars[f"{prefix}_pids"]), container
+    assert config["ReadonlyRootfs"] is True, container
+    assert config["CapDrop"] == ["ALL"], container
+    assert "no-new-privileges:true" in config["SecurityOpt"], container
+    return state

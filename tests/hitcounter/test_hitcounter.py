@@ -1,19 +1,15 @@
 """The hit counter on a staging host: containers and limits, counting, concurrency, supervisor,
 crash drills and a staging-host reboot. Expected values come from the scenario's variables."""
 
-import subprocess
-import time
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 
 from conftest import container_name
-from stack import (crash_main_process, http_get, inspect, size_in_bytes, wait_for, wait_healthy,
+from stack import (assert_limits, assert_supervisor_restarts_gunicorn, crash_main_process, http_get, inspect,
+                   kill_in_container, reboot_staging_host, supervisor_status, wait_for, wait_healthy,
                    wait_restarted)
 
 WEB = "hitcounter-web-1"
 REDIS = "hitcounter-redis-1"
-SUPERVISORD_CONF = "/etc/wsgi/supervisord.conf"
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +34,6 @@ def count_from_page(host, url):
     return int(body.split()[2])
 
 
-def supervisor_status(host):
-    # supervisord runs inside the web container, out of reach of testinfra's supervisor module,
-    # so its `supervisorctl status` line is read here: "gunicorn RUNNING pid 7, uptime 0:01:02".
-    line = host.check_output(f"docker exec {WEB} supervisorctl -c {SUPERVISORD_CONF} status gunicorn")
-    name, state, *rest = line.split()
-    pid = int(rest[1].rstrip(",")) if state == "RUNNING" else None
-    return name, state, pid
-
-
 def gunicorn_workers(host, master_pid):
     """PIDs (in the container) whose parent is the gunicorn master."""
     script = ("import os;print(' '.join(p for p in os.listdir('/proc') if p.isdigit() and "
@@ -54,24 +41,9 @@ def gunicorn_workers(host, master_pid):
     return set(host.check_output(f"docker exec {WEB} python3 -c \"{script}\"").split())
 
 
-def kill_in_web(host, pid):
-    # The slim python image has no kill binary; the shell's builtin does it.
-    host.check_output(f"docker exec {WEB} sh -c 'kill -9 {pid}'")
-
-
 def test_containers_run_with_the_configured_policy_and_limits(host, stack_vars):
-    for container, prefix in [(WEB, "hitcounter_web"), (REDIS, "hitcounter_redis")]:
-        state = inspect(host, container)
-        config = state["HostConfig"]
-        assert state["State"]["Running"], container
-        assert config["RestartPolicy"]["Name"] == stack_vars.get("hitcounter_restart_policy", "unless-stopped")
-        assert config["Memory"] == size_in_bytes(stack_vars[f"{prefix}_memory"]), container
-        assert config["NanoCpus"] == round(float(stack_vars[f"{prefix}_cpus"]) * 1e9), container
-        assert config["PidsLimit"] == int(stack_vars[f"{prefix}_pids"]), container
-        assert config["ReadonlyRootfs"] is True, container
-        assert config["CapDrop"] == ["ALL"], container
-        assert "no-new-privileges:true" in config["SecurityOpt"], container
-        assert state["Config"]["User"] in ("10001:10001", "999:999"), container
+    assert assert_limits(host, WEB, stack_vars, "hitcounter_web")["Config"]["User"] == "10001:10001"
+    assert assert_limits(host, REDIS, stack_vars, "hitcounter_redis")["Config"]["User"] == "999:999"
 
 
 def test_web_gets_its_redis_address_from_the_environment(host, stack_vars):
@@ -106,28 +78,23 @@ def test_redis_is_not_reachable_on_any_host_port(host, stack_vars):
 
 
 def test_supervisor_runs_gunicorn(host):
-    name, state, pid = supervisor_status(host)
+    name, state, pid = supervisor_status(host, WEB)
     assert (name, state) == ("gunicorn", "RUNNING")
     assert pid > 1
 
 
 def test_supervisor_restarts_a_killed_gunicorn_master(host, page_url):
-    _, _, old_pid = supervisor_status(host)
-    kill_in_web(host, old_pid)
-    wait_for("supervisor to start a new gunicorn master",
-             lambda: (status := supervisor_status(host))[1] == "RUNNING" and status[2] != old_pid, 15)
-    # The new master retries its bind for a few seconds while the old workers let go of it.
-    wait_for("HTTP to answer after the gunicorn restart", lambda: http_get(host, page_url)[0] == 200, 15)
+    assert_supervisor_restarts_gunicorn(host, WEB, page_url)
 
 
 def test_gunicorn_respawns_a_killed_worker(host, page_url):
-    _, _, master = supervisor_status(host)
+    _, _, master = supervisor_status(host, WEB)
     workers = wait_for("gunicorn workers", lambda: gunicorn_workers(host, master), 15)
     victim = sorted(workers)[0]
-    kill_in_web(host, victim)
+    kill_in_container(host, WEB, victim)
     wait_for("a replacement worker", lambda: (now := gunicorn_workers(host, master))
              and victim not in now and len(now) == len(workers), 15)
-    assert supervisor_status(host)[2] == master
+    assert supervisor_status(host, WEB)[2] == master
     assert http_get(host, page_url)[0] == 200
 
 
@@ -153,10 +120,7 @@ def test_counter_survives_a_graceful_redis_restart(host, stack_vars, page_url):
 
 def test_engine_and_stack_come_back_after_a_staging_host_reboot(host, stack_vars, page_url):
     count = count_from_page(host, page_url)
-    subprocess.run(["docker", "restart", "-t", "60", container_name(host)], check=True, capture_output=True)
-    wait_for("systemd to boot", lambda: host.run("systemctl is-system-running --wait").stdout.strip()
-             in ("running", "degraded"), 120)
-    assert host.service("docker").is_running
+    reboot_staging_host(host, container_name(host))
     wait_healthy(host, REDIS, 120)
     wait_healthy(host, WEB, 120)
     assert hits_in_redis(host, stack_vars) == count

@@ -1,6 +1,8 @@
 """gunicorn settings, all from the environment (12-factor)."""
 
+import importlib
 import os
+import sys
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
@@ -15,3 +17,15 @@ worker_tmp_dir = "/tmp"
 control_socket = "/tmp/gunicorn.ctl"
 accesslog = "-" if os.environ.get("GUNICORN_ACCESS_LOG", "0") == "1" else None
 errorlog = "-"
+
+
+def on_starting(server):
+    """Run the app's idempotent schema migration (WSGI_MIGRATE=module:function) once, in the
+    master, before any worker serves; a failure stops gunicorn and supervisor retries it."""
+    target = os.environ.get("WSGI_MIGRATE")
+    if target:
+        module, function = target.split(":")
+        if os.getcwd() not in sys.path:  # the app folder; gunicorn adds it only when loading the app
+            sys.path.insert(0, os.getcwd())
+        server.log.info("migrating: %s", target)
+        getattr(importlib.import_module(module), function)()
