@@ -1,6 +1,6 @@
 # Thin wrappers; each target says what it runs. See README.md.
 VENV      ?= .venv
-SCENARIOS ?= default hitcounter
+SCENARIOS ?= default hitcounter users
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_NOCOLOR ?= 1
 export NO_COLOR ?= 1
@@ -52,4 +52,4 @@ prepare-machine:
 
 kit: prepare-machine
 	molecule/kit/build-images
-	molecule/kit/build-images --save .cache/images/stand-ins.tar python redis postgres
+	@for image in python redis postgres; do molecule/kit/build-images --save .cache/images/$$image.tar $$image; done

@@ -31,6 +31,12 @@ def deliver_kit_image(host):
     return deliver
 
 
+@pytest.fixture(scope="module")
+def stack_vars(host):
+    """The staging host's inventory variables: what the scenario asked for."""
+    return host.ansible.get_variables()
+
+
 def docker_inspect(host, name):
     return json.loads(host.check_output(f"docker inspect {name}"))[0]
 

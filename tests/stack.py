@@ -62,9 +62,11 @@ def crash_main_process(host, container):
     return state["RestartCount"]
 
 
-def wait_restarted(host, container, restart_count_before, timeout=60):
+def crash_and_wait_for_restart(host, container, timeout=60):
+    """kill -9 of the container's main process; its restart policy brings it back healthy."""
+    restarts = crash_main_process(host, container)
     wait_for(f"{container} to be restarted by its policy",
-             lambda: inspect(host, container)["RestartCount"] > restart_count_before, timeout)
+             lambda: inspect(host, container)["RestartCount"] > restarts, timeout)
     wait_healthy(host, container, timeout)
 
 

@@ -4,17 +4,11 @@ crash drills and a staging-host reboot. Expected values come from the scenario's
 import pytest
 
 from conftest import container_name
-from stack import (assert_limits, assert_supervisor_restarts_gunicorn, crash_main_process, http_get, inspect,
-                   kill_in_container, reboot_staging_host, supervisor_status, wait_for, wait_healthy,
-                   wait_restarted)
+from stack import (assert_limits, assert_supervisor_restarts_gunicorn, crash_and_wait_for_restart, http_get, inspect,
+                   kill_in_container, reboot_staging_host, supervisor_status, wait_for, wait_healthy)
 
 WEB = "hitcounter-web-1"
 REDIS = "hitcounter-redis-1"
-
-
-@pytest.fixture(scope="module")
-def stack_vars(host):
-    return host.ansible.get_variables()
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +93,12 @@ def test_gunicorn_respawns_a_killed_worker(host, page_url):
 
 
 def test_web_comes_back_after_its_main_process_is_killed(host, page_url):
-    restarts = crash_main_process(host, WEB)
-    wait_restarted(host, WEB, restarts)
+    crash_and_wait_for_restart(host, WEB)
     assert http_get(host, page_url)[0] == 200
 
 
 def test_redis_comes_back_after_its_main_process_is_killed(host, page_url):
-    restarts = crash_main_process(host, REDIS)
-    wait_restarted(host, REDIS, restarts)
+    crash_and_wait_for_restart(host, REDIS)
     wait_for("the page to count again", lambda: http_get(host, page_url)[0] == 200, 15)
 
 

@@ -6,17 +6,12 @@ import json
 import pytest
 
 from conftest import container_name, recap_changed, run_playbook
-from stack import (assert_limits, assert_supervisor_restarts_gunicorn, crash_main_process, http, inspect,
-                   reboot_staging_host, supervisor_status, wait_for, wait_healthy, wait_restarted)
+from stack import (assert_limits, assert_supervisor_restarts_gunicorn, crash_and_wait_for_restart, http, inspect,
+                   reboot_staging_host, supervisor_status, wait_for, wait_healthy)
 
 WEB = "users-web-1"
 DB = "users-db-1"
 SECRETS = "/opt/users/secrets"
-
-
-@pytest.fixture(scope="module")
-def stack_vars(host):
-    return host.ansible.get_variables()
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +103,7 @@ def test_supervisor_restarts_a_killed_gunicorn(host, api):
 def test_data_survives_a_web_crash(host, api):
     post_user(host, api, "before web crash")
     before = rows(host)
-    restarts = crash_main_process(host, WEB)
-    wait_restarted(host, WEB, restarts)
+    crash_and_wait_for_restart(host, WEB)
     assert rows(host) == before
     assert http(host, f"{api}/users")[0] == 200
 
@@ -117,8 +111,7 @@ def test_data_survives_a_web_crash(host, api):
 def test_data_survives_a_db_crash_and_the_api_recovers(host, api):
     post_user(host, api, "before db crash")
     before = rows(host)
-    restarts = crash_main_process(host, DB)
-    wait_restarted(host, DB, restarts)
+    crash_and_wait_for_restart(host, DB)
     assert rows(host) == before
     wait_for("the API to reach the database again", lambda: http(host, f"{api}/healthz")[0] == 200, 30)
     post_user(host, api, "after db crash")
