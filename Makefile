@@ -5,12 +5,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_NOCOLOR ?= 1
 export NO_COLOR ?= 1
 
-.PHONY: up down test lint apptest molecule toolchain prepare-machine kit bench bench-engine bench-hitcounter
+.PHONY: up down test lint apptest molecule toolchain prepare-machine kit bench bench-engine bench-hitcounter bench-users
+APP_STACK ?= hitcounter
 
 ## up: toolchain + image kit + local staging host, then site.yml against it (README command 1)
 up: toolchain kit
 	ansible-playbook playbooks/local.yml
-	ansible-playbook playbooks/site.yml
+	ansible-playbook playbooks/site.yml -e app_stack=$(APP_STACK)
 
 ## down: remove the local staging host and its engine volume
 down: toolchain
@@ -30,7 +31,7 @@ molecule: toolchain kit
 	@for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s || exit 1; done
 
 ## bench: every benchmark (figures only, no assertions); BENCH_SECONDS=5 for a short run
-bench: bench-engine bench-hitcounter
+bench: bench-engine bench-hitcounter bench-users
 
 ## bench-engine: cold install vs bare apt, and the no-op re-run, on fresh staging hosts
 bench-engine: toolchain kit
@@ -39,6 +40,10 @@ bench-engine: toolchain kit
 ## bench-hitcounter: deployed vs seed dev server vs no-Redis ceiling, at the 128M limit
 bench-hitcounter: toolchain kit
 	scripts/bench-hitcounter
+
+## bench-users: inserts vs the seed's dev server, GET /users at 1k and 100k rows, at the 128M limit
+bench-users: toolchain kit
+	scripts/bench-users
 
 toolchain: $(VENV)/.installed
 $(VENV)/.installed: requirements-dev.txt roles/hitcounter/files/app/requirements.txt roles/users/files/app/requirements.txt

@@ -1,7 +1,7 @@
 """gunicorn settings, all from the environment (12-factor)."""
 
-import importlib
 import os
+import subprocess
 import sys
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
@@ -20,12 +20,12 @@ errorlog = "-"
 
 
 def on_starting(server):
-    """Run the app's idempotent schema migration (WSGI_MIGRATE=module:function) once, in the
-    master, before any worker serves; a failure stops gunicorn and supervisor retries it."""
+    """Run the app's idempotent schema migration (WSGI_MIGRATE=module:function) once, before any
+    worker serves. It runs in a child process, so the master does not keep the app's libraries
+    in memory; a failure stops gunicorn and supervisor retries it."""
     target = os.environ.get("WSGI_MIGRATE")
     if target:
         module, function = target.split(":")
-        if os.getcwd() not in sys.path:  # the app folder; gunicorn adds it only when loading the app
-            sys.path.insert(0, os.getcwd())
         server.log.info("migrating: %s", target)
-        getattr(importlib.import_module(module), function)()
+        code = f"import {module}; {module}.{function}()"
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=os.getcwd())
