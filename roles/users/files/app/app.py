@@ -12,6 +12,7 @@ which the deployment runs before gunicorn's workers start (WSGI_MIGRATE).
 import json
 import os
 from datetime import datetime
+from http import HTTPStatus
 
 from flask import Flask, jsonify, request
 from sqlalchemy import BigInteger, DateTime, Identity, String, create_engine, func, insert, select, text
@@ -142,7 +143,7 @@ def create_app(env=os.environ):
 
     @app.errorhandler(BadRequest)
     def bad_request(error):
-        return jsonify(error="bad request", detail=error.message), error.status
+        return jsonify(error=HTTPStatus(error.status).phrase, detail=error.message), error.status
 
     @app.errorhandler(DBAPIError)
     @app.errorhandler(PoolTimeout)
