@@ -1,7 +1,6 @@
 """Shared fixtures of the testinfra verifiers: they run on the controller and reach the staging
 host through molecule's inventory (ansible backend, docker connection)."""
 
-import json
 import os
 import re
 import subprocess
@@ -35,10 +34,6 @@ def deliver_kit_image(host):
 def stack_vars(host):
     """The staging host's inventory variables: what the scenario asked for."""
     return host.ansible.get_variables()
-
-
-def docker_inspect(host, name):
-    return json.loads(host.check_output(f"docker inspect {name}"))[0]
 
 
 def run_playbook(playbook, *args):

@@ -2,11 +2,10 @@
 published container with a memory limit, and live-restore across an engine restart."""
 
 import re
-import time
 
 import pytest
 
-from conftest import docker_inspect
+from stack import http_get, inspect, wait_for
 
 PROBE_IMAGE = "probe-web:kit"
 PROBE_PORT = 18080
@@ -50,31 +49,27 @@ def probe_container(host, deliver_kit_image):
     host.run("docker rm -f probe-web")
 
 
-def wait_for_http(host, url, timeout=15):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = host.run(f"curl -fsS --max-time 2 {url}")
-        if result.rc == 0 or time.monotonic() > deadline:
-            return result
-        time.sleep(0.5)
+def probe_page(host):
+    return wait_for("the probe container to answer", lambda: (
+        (response := http_get(host, f"http://127.0.0.1:{PROBE_PORT}/"))[0] == 200 and response[1]), 15)
 
 
 def test_published_container_with_memory_limit_answers(host, probe_container):
-    state = docker_inspect(host, probe_container)
+    state = inspect(host, probe_container)
     assert state["State"]["Running"]
     assert state["HostConfig"]["Memory"] == 128 * 1024 * 1024
     assert host.socket(f"tcp://127.0.0.1:{PROBE_PORT}").is_listening
-    assert wait_for_http(host, f"http://127.0.0.1:{PROBE_PORT}/").stdout.strip() == "probe-web ok"
+    assert probe_page(host).strip() == "probe-web ok"
 
 
 def test_container_survives_engine_restart(host, probe_container):
-    before = docker_inspect(host, probe_container)["State"]
+    before = inspect(host, probe_container)["State"]
     dockerd_before = host.check_output("systemctl show -p MainPID --value docker")
     host.check_output("systemctl restart docker")
     dockerd_after = host.check_output("systemctl show -p MainPID --value docker")
     assert dockerd_after != dockerd_before, "dockerd was not restarted"
-    after = docker_inspect(host, probe_container)["State"]
+    after = inspect(host, probe_container)["State"]
     assert after["Running"]
     assert after["Pid"] == before["Pid"], "the container was restarted, not kept alive"
     assert after["StartedAt"] == before["StartedAt"]
-    assert wait_for_http(host, f"http://127.0.0.1:{PROBE_PORT}/").stdout.strip() == "probe-web ok"
+    assert probe_page(host).strip() == "probe-web ok"
