@@ -1,11 +1,11 @@
 # Thin wrappers; each target says what it runs. See README.md.
 VENV      ?= .venv
-SCENARIOS ?= default hitcounter users
+SCENARIOS ?= default hitcounter users reprovision
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_NOCOLOR ?= 1
 export NO_COLOR ?= 1
 
-.PHONY: up down test lint apptest molecule toolchain prepare-machine kit bench bench-engine bench-hitcounter bench-users
+.PHONY: up down test lint apptest molecule toolchain prepare-machine kit bench bench-engine bench-hitcounter bench-users bench-reprovision
 APP_STACK ?= hitcounter
 
 ## up: toolchain + image kit + local staging host, then site.yml against it (README command 1)
@@ -31,7 +31,7 @@ molecule: toolchain kit
 	@for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s || exit 1; done
 
 ## bench: every benchmark (figures only, no assertions); BENCH_SECONDS=5 for a short run
-bench: bench-engine bench-hitcounter bench-users
+bench: bench-engine bench-hitcounter bench-users bench-reprovision
 
 ## bench-engine: cold install vs bare apt, and the no-op re-run, on fresh staging hosts
 bench-engine: toolchain kit
@@ -40,6 +40,10 @@ bench-engine: toolchain kit
 ## bench-hitcounter: deployed vs seed dev server vs no-Redis ceiling, at the 128M limit
 bench-hitcounter: toolchain kit
 	scripts/bench-hitcounter
+
+## bench-reprovision: cold vs no-op site.yml, and failed/total requests during a config-change rollout
+bench-reprovision: toolchain kit
+	scripts/bench-reprovision
 
 ## bench-users: inserts vs the seed's dev server, GET /users at 1k and 100k rows, at the 128M limit
 bench-users: toolchain kit

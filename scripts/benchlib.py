@@ -34,15 +34,20 @@ class StagingHost:
         return run("ansible-playbook", *args)
 
     def deploy(self, stack, extra_args):
-        """site.yml with the local inventory's group_vars, aimed at this host only."""
+        """site.yml with the local inventory's group_vars, aimed at this host only; returns
+        (seconds the playbook took, changed tasks in its recap)."""
         with tempfile.TemporaryDirectory() as inventory:
             with open(os.path.join(inventory, "hosts.yml"), "w") as handle:
                 handle.write(f"docker_hosts:\n  hosts:\n    {self.name}:\n"
                              f"      ansible_connection: community.docker.docker\n      app_stack: {stack}\n")
             os.symlink(os.path.join(PROJECT, "inventories/local/group_vars"), os.path.join(inventory, "group_vars"))
             print(f"[bench] deploying {stack}", " ".join(extra_args), flush=True)
-            self.playbook("-i", os.path.join(inventory, "hosts.yml"), "playbooks/site.yml", *extra_args)
-        self.sh("apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1")
+            started = time.monotonic()
+            output = self.playbook("-i", os.path.join(inventory, "hosts.yml"), "playbooks/site.yml", *extra_args)
+            seconds = time.monotonic() - started
+        self.sh("command -v wrk >/dev/null || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1)")
+        changed = sum(int(n) for n in re.findall(r"changed=(\d+)", output.split("PLAY RECAP", 1)[-1]))
+        return seconds, changed
 
     def sh(self, command):
         return run("docker", "exec", self.name, "sh", "-c", command)
@@ -77,8 +82,10 @@ class StagingHost:
             number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()
             return float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
         errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        socket_errors = sum(map(int, errors.groups())) if errors else 0
         return {"rps": float(field(r"Requests/sec:\s+([\d.]+)")), "complete": int(field(r"(\d+) requests in")),
-                "non2xx": int(field(r"Non-2xx or 3xx responses: (\d+)", 0)) + (sum(map(int, errors.groups())) if errors else 0),
+                "socket_errors": socket_errors,
+                "non2xx": int(field(r"Non-2xx or 3xx responses: (\d+)", 0)) + socket_errors,
                 "p50": ms(field(r"50%\s+(\S+)")), "p99": ms(field(r"99%\s+(\S+)"))}
 
     def measure(self, container, load):

@@ -1,8 +1,28 @@
-"""compose_stack_drift: what `compose up` would have to repair in a project, from the docker
+"""Filters of the compose_stack role.
+
+compose_stack_start_order: the services of a compose file, dependencies first.
+compose_stack_drift: what `compose up` would have to repair in a project, from the docker
 objects docker_host_info listed (tasks/docker-objects.yml). Check mode reports it, because
 `compose up --dry-run` fails as soon as a dependency is stopped."""
 
 SERVICE_LABEL = "com.docker.compose.service"
+
+
+def compose_stack_start_order(compose):
+    services = compose["services"]
+    order = []
+
+    def visit(name, path=()):
+        if name in path:
+            raise ValueError(f"depends_on cycle: {' -> '.join(path + (name,))}")
+        if name not in order:
+            for dependency in services[name].get("depends_on") or []:
+                visit(dependency, path + (name,))
+            order.append(name)
+
+    for name in services:
+        visit(name)
+    return order
 
 
 def compose_stack_drift(objects, services):
@@ -29,4 +49,4 @@ def compose_stack_drift(objects, services):
 
 class FilterModule:
     def filters(self):
-        return {"compose_stack_drift": compose_stack_drift}
+        return {"compose_stack_drift": compose_stack_drift, "compose_stack_start_order": compose_stack_start_order}

@@ -1,0 +1,254 @@
+"""Reprovisioning two staging hosts (staging-1: hit counter, staging-2: users) through the
+project's playbooks. The tests run in file order, each one leaving both hosts converged:
+check mode, drift repair, config changes, a rolling run stopped by an unhealthy host,
+backup/restore onto a rebuilt host, a stack switch and teardown."""
+
+import json
+import os
+import re
+
+import pytest
+import testinfra
+
+from conftest import recap_changed, run_playbook
+from stack import http, inspect, wait_for
+
+HITS = "http://127.0.0.1:8000/"
+USERS = "http://127.0.0.1:8000/users"
+COMPOSE_PROJECT = "com.docker.compose.project"
+
+
+@pytest.fixture(scope="module")
+def counter_host():
+    return testinfra.get_host(f"ansible://staging-1?ansible_inventory={os.environ['MOLECULE_INVENTORY_FILE']}")
+
+
+@pytest.fixture(scope="module")
+def users_host():
+    return testinfra.get_host(f"ansible://staging-2?ansible_inventory={os.environ['MOLECULE_INVENTORY_FILE']}")
+
+
+def playbook(name, *args):
+    """Runs a project playbook that must succeed; returns its output."""
+    rc, output = run_playbook(name, *args)
+    assert rc == 0, output[-6000:]
+    return output
+
+
+def changed_tasks(output):
+    """Names of the tasks that reported a change (check mode says what it would change)."""
+    return re.findall(r"TASK \[([^\]]+)\][^\n]*\n(?:(?!TASK \[).*\n)*?changed: ", output)
+
+
+def assert_converged(*limit):
+    """A check-mode run reports nothing to change (and so would a real run)."""
+    output = playbook("site.yml", "--check", "--diff", *limit)
+    assert recap_changed(output) == 0, changed_tasks(output)
+
+
+def hits(host):
+    """The hit counter's value, read by loading the page (which adds one)."""
+    status, body = http(host, HITS)
+    assert status == 200, body
+    return int(re.fullmatch(r"Hello World! (\d+) times\.", body.strip()).group(1))
+
+
+def user_names(host):
+    status, body = http(host, USERS)
+    assert status == 200, body
+    return [user["name"] for user in json.loads(body)["users"]]
+
+
+def add_user(host, name):
+    status, body = http(host, USERS, "POST", json.dumps({"name": name}))
+    assert status == 201, body
+
+
+def container_ids(host, project):
+    """{service: container ID} of a compose project, stopped containers included."""
+    ids = {}
+    for line in host.check_output(
+            f"docker ps -a --filter label={COMPOSE_PROJECT}={project} "
+            "--format '{{.Label \"com.docker.compose.service\"}} {{.ID}}'").splitlines():
+        service, container = line.split()
+        ids[service] = container
+    return ids
+
+
+def project_leftovers(host, project):
+    """Containers, networks, app images and files a removed project would have left behind."""
+    label = f"label={COMPOSE_PROJECT}={project}"
+    project_dir = host.file(f"/opt/{project}")
+    return {"containers": host.check_output(f"docker ps -aq --filter {label}").split(),
+            "networks": host.check_output(f"docker network ls -q --filter {label}").split(),
+            "images": host.check_output(f"docker images -q {project}-app").split(),
+            "files": sorted(project_dir.listdir()) if project_dir.exists else None}
+
+
+NOTHING_LEFT = {"containers": [], "networks": [], "images": [], "files": None}
+
+
+def volumes(host, project):
+    return host.check_output(f"docker volume ls -q --filter label={COMPOSE_PROJECT}={project}").split()
+
+
+def web_env(host, project):
+    return dict(item.split("=", 1) for item in inspect(host, f"{project}-web-1")["Config"]["Env"])
+
+
+def test_converged_hosts_serve_their_stacks(counter_host, users_host):
+    assert hits(counter_host) >= 1
+    add_user(users_host, "alice")
+    add_user(users_host, "bob")
+    assert user_names(users_host)[-2:] == ["alice", "bob"]
+
+
+def test_check_mode_on_converged_hosts_reports_no_change():
+    output = playbook("site.yml", "--check", "--diff")
+    assert recap_changed(output) == 0, changed_tasks(output)
+    assert "--- before" not in output
+
+
+def test_stopped_containers_are_reported_by_check_mode_then_started(counter_host):
+    before = hits(counter_host)
+    ids = container_ids(counter_host, "hitcounter")
+    counter_host.check_output("docker stop hitcounter-web-1 hitcounter-redis-1")
+
+    output = playbook("site.yml", "--check", "--diff", "--limit", "staging-1")
+    assert changed_tasks(output) == ["compose_stack : Report what a real run would start, create or recreate "
+                                     "(compose cannot dry-run a stopped dependency)"]
+    assert "start hitcounter-web-1 (exited)" in output and "start hitcounter-redis-1 (exited)" in output
+    assert not inspect(counter_host, "hitcounter-redis-1")["State"]["Running"], "check mode started a container"
+
+    playbook("site.yml", "--limit", "staging-1")
+    assert container_ids(counter_host, "hitcounter") == ids, "a stopped container needs a start, not a new container"
+    assert hits(counter_host) == before + 1
+    assert_converged("--limit", "staging-1")
+
+
+def test_edited_and_deleted_project_files_are_reported_then_restored(counter_host):
+    compose, env = counter_host.file("/opt/hitcounter/compose.yaml"), counter_host.file("/opt/hitcounter/.env")
+    sums = (compose.sha256sum, env.sha256sum)
+    ids = container_ids(counter_host, "hitcounter")
+    counter_host.check_output("rm /opt/hitcounter/compose.yaml && sed -i s/GUNICORN_WORKERS=.*/GUNICORN_WORKERS=5/ /opt/hitcounter/.env")
+
+    output = playbook("site.yml", "--check", "--diff", "--limit", "staging-1")
+    assert set(changed_tasks(output)) == {
+        "compose_stack : Write compose.yaml", "compose_stack : Write the app environment (.env)",
+        "compose_stack : Report what a real run would start, create or recreate (compose cannot dry-run a stopped dependency)"}
+    assert "-GUNICORN_WORKERS=5\n+GUNICORN_WORKERS=2" in output
+    assert not compose.exists and "GUNICORN_WORKERS=5" in env.content_string, "check mode wrote a file"
+
+    playbook("site.yml", "--limit", "staging-1")
+    assert (compose.sha256sum, env.sha256sum) == sums
+    assert container_ids(counter_host, "hitcounter") == ids, "the containers already ran the desired config"
+    assert_converged("--limit", "staging-1")
+
+
+def test_removed_network_is_reported_then_recreated_with_the_data(counter_host):
+    before = hits(counter_host)
+    counter_host.check_output("docker stop hitcounter-web-1 hitcounter-redis-1 && docker network rm hitcounter_default")
+
+    output = playbook("site.yml", "--check", "--diff", "--limit", "staging-1")
+    assert "recreate hitcounter-redis-1 (its network was removed)" in output
+    assert not counter_host.run("docker network inspect hitcounter_default").succeeded, "check mode made the network"
+
+    playbook("site.yml", "--limit", "staging-1")
+    assert counter_host.run("docker network inspect hitcounter_default").succeeded
+    assert hits(counter_host) == before + 1
+    assert_converged("--limit", "staging-1")
+
+
+def test_config_changes_recreate_only_the_affected_service_and_keep_data(counter_host, users_host):
+    count, names = hits(counter_host), user_names(users_host)
+    counter_ids, users_ids = container_ids(counter_host, "hitcounter"), container_ids(users_host, "users")
+
+    try:
+        playbook("site.yml", "-e", json.dumps({"hitcounter_workers": 3, "users_threads": 4}))
+        after_env = container_ids(counter_host, "hitcounter"), container_ids(users_host, "users")
+        assert after_env[0]["redis"] == counter_ids["redis"] and after_env[0]["web"] != counter_ids["web"]
+        assert after_env[1]["db"] == users_ids["db"] and after_env[1]["web"] != users_ids["web"]
+        assert web_env(counter_host, "hitcounter")["GUNICORN_WORKERS"] == "3"
+        assert web_env(users_host, "users")["GUNICORN_THREADS"] == "4"
+        assert hits(counter_host) == count + 1
+        assert user_names(users_host) == names
+
+        playbook("site.yml", "-e", json.dumps({"hitcounter_workers": 3, "users_threads": 4, "hitcounter_redis_memory": "96M"}))
+        after_limit = container_ids(counter_host, "hitcounter")
+        assert after_limit["redis"] != counter_ids["redis"] and after_limit["web"] == after_env[0]["web"]
+        assert inspect(counter_host, "hitcounter-redis-1")["HostConfig"]["Memory"] == 96 * 2**20
+        assert hits(counter_host) == count + 2, "the counter was lost with the Redis container"
+    finally:
+        playbook("site.yml")
+    assert web_env(counter_host, "hitcounter")["GUNICORN_WORKERS"] == "2"
+    assert hits(counter_host) == count + 3 and user_names(users_host) == names
+    assert_converged()
+
+
+def test_rolling_run_stops_at_an_unhealthy_host_and_the_others_keep_serving(counter_host, users_host):
+    users_ids = container_ids(users_host, "users")
+    names = user_names(users_host)
+    try:
+        # Redis has 16 databases: db 99 passes the variable checks but fails the app's health check.
+        rc, output = run_playbook("site.yml", "-e", json.dumps({"hitcounter_redis_db": 99, "users_threads": 4,
+                                                               "compose_stack_wait_timeout": 60}))
+        assert rc != 0, output
+        assert "Stack hitcounter did not come up healthy" in output
+        recap = output.split("PLAY RECAP", 1)[1]
+        assert re.search(r"staging-1\s+: .*failed=1", recap), recap
+        assert "staging-2" not in recap.split("TASKS RECAP")[0] or re.search(r"staging-2\s+: .*changed=0", recap), recap
+        assert container_ids(users_host, "users") == users_ids, "the rollout went on past the failed host"
+        assert web_env(users_host, "users")["GUNICORN_THREADS"] != "4"
+        assert user_names(users_host) == names
+    finally:
+        playbook("site.yml")
+    assert hits(counter_host) > 1
+    assert_converged()
+
+
+def test_backup_restores_onto_a_rebuilt_host_and_a_stack_switch_leaves_nothing(counter_host, users_host):
+    playbook("backup.yml")
+    count, names = hits(counter_host) - 1, user_names(users_host)
+    add_user(users_host, "after-the-backup")
+
+    # Rebuild staging-2 from scratch (a new VM: new engine, no volumes), give it the hit counter
+    # with staging-1's data.
+    playbook("local.yml", "-e", "staging_host_name=staging-2", "-e", "staging_host_state=absent")
+    playbook("local.yml", "-e", "staging_host_name=staging-2", "-e", '{"staging_host_ports": []}')
+    playbook("site.yml", "--limit", "staging-2", "-e", "app_stack=hitcounter")
+    playbook("restore.yml", "--limit", "staging-2", "-e", "app_stack=hitcounter", "-e", "restore_from=staging-1")
+    assert hits(users_host) == count + 1
+
+    # Switch it to users (its inventory stack): check mode reports it and removes nothing; the real
+    # run leaves nothing of the hit counter but its data volume.
+    output = playbook("site.yml", "--check", "--diff", "--limit", "staging-2")
+    assert "Would deploy users for the first time" in output and "changed: [staging-2] => (item=hitcounter-web-1)" in output
+    assert container_ids(users_host, "hitcounter").keys() == {"web", "redis"}, "check mode removed the hit counter"
+    playbook("site.yml", "--limit", "staging-2")
+    assert project_leftovers(users_host, "hitcounter") == NOTHING_LEFT
+    assert volumes(users_host, "hitcounter") == ["hitcounter_redis-data"]
+    assert user_names(users_host) == []
+
+    playbook("restore.yml", "--limit", "staging-2")
+    assert user_names(users_host) == names
+    assert_converged("--limit", "staging-2")
+
+
+def test_teardown_keeps_the_volumes_unless_purged(users_host):
+    names = user_names(users_host)
+    rc, output = run_playbook("teardown.yml", "--limit", "staging-2", "-e", "teardown_purge=maybe")
+    assert rc != 0 and "Nothing was changed" in output
+    assert container_ids(users_host, "users").keys() == {"web", "db"}
+
+    playbook("teardown.yml", "--limit", "staging-2")
+    # The kept volume keeps the secrets that open it.
+    assert project_leftovers(users_host, "users") == dict(NOTHING_LEFT, files=["secrets"])
+    assert volumes(users_host, "users") == ["users_db-data"]
+    assert recap_changed(playbook("teardown.yml", "--limit", "staging-2")) == 0
+
+    playbook("site.yml", "--limit", "staging-2")
+    assert user_names(users_host) == names, "the kept volume lost rows"
+
+    playbook("teardown.yml", "--limit", "staging-2", "-e", "teardown_purge=true")
+    assert volumes(users_host, "users") == []
+    assert project_leftovers(users_host, "users") == NOTHING_LEFT
