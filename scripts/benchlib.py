@@ -22,7 +22,8 @@ class StagingHost:
         self.name = name
 
     def __enter__(self):
-        self.playbook("playbooks/local.yml", "-e", f"staging_host_name={self.name}")
+        # No published ports (the load runs inside the host), so it can run beside `make up`'s host.
+        self.playbook("playbooks/local.yml", "-e", f"staging_host_name={self.name}", "-e", '{"staging_host_ports": []}')
         return self
 
     def __exit__(self, *exc):

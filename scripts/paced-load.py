@@ -1,0 +1,48 @@
+"""Paced HTTP load (stdlib only; runs inside the staging host): RATE GET requests per second in
+total, spread over THREADS threads on a fixed schedule, each request on a new connection, until
+STOP_FILE exists. Unlike wrk, a refused connection does not turn into a burst of retries, so
+failed / total is the share of requests a steady client would have seen fail.
+Prints one JSON line: total, failed, first/last failure (s since start), error kinds.
+Usage: python3 paced-load.py URL RATE THREADS STOP_FILE"""
+
+import collections
+import json
+import os
+import sys
+import threading
+import time
+import urllib.request
+
+url, rate, threads, stop_file = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+started = time.monotonic()
+lock = threading.Lock()
+total, failures, kinds = 0, [], collections.Counter()
+
+
+def client(offset):
+    global total
+    interval = threads / rate
+    due = started + offset * interval / threads
+    while not os.path.exists(stop_file):
+        time.sleep(max(0.0, due - time.monotonic()))
+        due += interval
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                error = None if response.status == 200 else f"HTTP {response.status}"
+        except Exception as exc:  # refused, reset, timeout, HTTP error: all count as failed
+            error = type(exc).__name__
+        with lock:
+            total += 1
+            if error:
+                failures.append(time.monotonic() - started)
+                kinds[error] += 1
+
+
+workers = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
+for worker in workers:
+    worker.start()
+for worker in workers:
+    worker.join()
+print(json.dumps({"total": total, "failed": len(failures), "seconds": round(time.monotonic() - started, 1),
+                  "first_failure": round(min(failures), 2) if failures else None,
+                  "last_failure": round(max(failures), 2) if failures else None, "errors": dict(kinds)}))
