@@ -19,6 +19,11 @@ def inspect(host, container):
     return json.loads(host.check_output(f"docker inspect {container}"))[0]
 
 
+def container_env(host, container):
+    """The environment a container runs with, as a dict."""
+    return dict(item.split("=", 1) for item in inspect(host, container)["Config"]["Env"])
+
+
 def wait_for(what, check, timeout, interval=0.5):
     """Poll check() until it returns a truthy value; fail with `what` after timeout seconds."""
     deadline = time.monotonic() + timeout
@@ -42,6 +47,20 @@ def http(host, url, method="GET", body=None, content_type="application/json"):
 
 def http_get(host, url):
     return http(host, url)
+
+
+def page_count(host, url):
+    """The hit counter's value, read by loading its page (which adds one)."""
+    status, body = http_get(host, url)
+    assert status == 200, body
+    return int(re.fullmatch(r"Hello World! (\d+) times\.", body).group(1))
+
+
+def post_user(host, api, name):
+    """POST /users on the users API at `api`; returns the created user."""
+    status, body = http(host, f"{api}/users", "POST", json.dumps({"name": name}))
+    assert status == 201, body
+    return json.loads(body)
 
 
 def wait_healthy(host, container, timeout=60):

@@ -4,8 +4,9 @@ crash drills and a staging-host reboot. Expected values come from the scenario's
 import pytest
 
 from conftest import container_name
-from stack import (assert_limits, assert_supervisor_restarts_gunicorn, crash_and_wait_for_restart, http_get, inspect,
-                   kill_in_container, reboot_staging_host, supervisor_status, wait_for, wait_healthy)
+from stack import (assert_limits, assert_supervisor_restarts_gunicorn, container_env, crash_and_wait_for_restart,
+                   http_get, inspect, kill_in_container, page_count, reboot_staging_host, supervisor_status, wait_for,
+                   wait_healthy)
 
 WEB = "hitcounter-web-1"
 REDIS = "hitcounter-redis-1"
@@ -21,13 +22,6 @@ def hits_in_redis(host, stack_vars):
         f"docker exec {REDIS} redis-cli -p {stack_vars['hitcounter_redis_port']} get hits") or 0)
 
 
-def count_from_page(host, url):
-    status, body = http_get(host, url)
-    assert status == 200, body
-    assert body.startswith("Hello World! ") and body.endswith(" times."), body
-    return int(body.split()[2])
-
-
 def gunicorn_workers(host, master_pid):
     """PIDs (in the container) whose parent is the gunicorn master."""
     script = ("import os;print(' '.join(p for p in os.listdir('/proc') if p.isdigit() and "
@@ -41,7 +35,7 @@ def test_containers_run_with_the_configured_policy_and_limits(host, stack_vars):
 
 
 def test_web_gets_its_redis_address_from_the_environment(host, stack_vars):
-    env = dict(item.split("=", 1) for item in inspect(host, WEB)["Config"]["Env"])
+    env = container_env(host, WEB)
     assert env["HOST_REDIS"] == "redis"
     assert env["PORT_REDIS"] == str(stack_vars["hitcounter_redis_port"])
     command = inspect(host, REDIS)["Config"]["Cmd"]
@@ -50,8 +44,8 @@ def test_web_gets_its_redis_address_from_the_environment(host, stack_vars):
 
 def test_published_port_listens_and_each_get_counts_one(host, stack_vars, page_url):
     assert host.socket(f"tcp://0.0.0.0:{stack_vars['hitcounter_port']}").is_listening
-    first = count_from_page(host, page_url)
-    assert [count_from_page(host, page_url) for _ in range(5)] == [first + n for n in range(1, 6)]
+    first = page_count(host, page_url)
+    assert [page_count(host, page_url) for _ in range(5)] == [first + n for n in range(1, 6)]
     assert hits_in_redis(host, stack_vars) == first + 5
 
 
@@ -103,7 +97,7 @@ def test_redis_comes_back_after_its_main_process_is_killed(host, page_url):
 
 
 def test_counter_survives_a_graceful_redis_restart(host, stack_vars, page_url):
-    count = count_from_page(host, page_url)
+    count = page_count(host, page_url)
     host.check_output(f"docker restart {REDIS}")
     wait_healthy(host, REDIS)
     assert hits_in_redis(host, stack_vars) == count
@@ -111,9 +105,9 @@ def test_counter_survives_a_graceful_redis_restart(host, stack_vars, page_url):
 
 
 def test_engine_and_stack_come_back_after_a_staging_host_reboot(host, stack_vars, page_url):
-    count = count_from_page(host, page_url)
+    count = page_count(host, page_url)
     reboot_staging_host(host, container_name(host))
     wait_healthy(host, REDIS, 120)
     wait_healthy(host, WEB, 120)
     assert hits_in_redis(host, stack_vars) == count
-    assert count_from_page(host, page_url) == count + 1
+    assert page_count(host, page_url) == count + 1

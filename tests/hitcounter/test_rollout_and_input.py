@@ -5,14 +5,10 @@ import json
 import pytest
 
 from conftest import recap_changed, run_playbook
-from stack import inspect, size_in_bytes
+from stack import container_env, inspect, size_in_bytes
 
 WEB = "hitcounter-web-1"
 REDIS = "hitcounter-redis-1"
-
-
-def web_env(host):
-    return dict(item.split("=", 1) for item in inspect(host, WEB)["Config"]["Env"])
 
 
 def test_changed_limit_and_env_roll_out_and_keep_redis(host):
@@ -20,13 +16,13 @@ def test_changed_limit_and_env_roll_out_and_keep_redis(host):
     rc, output = run_playbook("site.yml", "-e", json.dumps({"hitcounter_web_memory": "96M", "hitcounter_workers": 3}))
     assert rc == 0, output
     assert inspect(host, WEB)["HostConfig"]["Memory"] == size_in_bytes("96M")
-    assert web_env(host)["GUNICORN_WORKERS"] == "3"
+    assert container_env(host, WEB)["GUNICORN_WORKERS"] == "3"
     assert inspect(host, REDIS)["Id"] == redis_id, "redis was recreated for a web-only change"
 
     rc, output = run_playbook("site.yml")
     assert rc == 0, output
     assert inspect(host, WEB)["HostConfig"]["Memory"] == size_in_bytes(host.ansible.get_variables()["hitcounter_web_memory"])
-    assert web_env(host)["GUNICORN_WORKERS"] == "2"
+    assert container_env(host, WEB)["GUNICORN_WORKERS"] == "2"
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import pytest
 import testinfra
 
 from conftest import recap_changed, run_playbook
-from stack import http, inspect, wait_for
+from stack import container_env, http, inspect, page_count, post_user
 
 HITS = "http://127.0.0.1:8000/"
-USERS = "http://127.0.0.1:8000/users"
+API = "http://127.0.0.1:8000"
 COMPOSE_PROJECT = "com.docker.compose.project"
 
 
@@ -41,27 +41,20 @@ def changed_tasks(output):
 
 
 def assert_converged(*limit):
-    """A check-mode run reports nothing to change (and so would a real run)."""
+    """A check-mode run reports nothing to change (and so would a real run); returns its output."""
     output = playbook("site.yml", "--check", "--diff", *limit)
     assert recap_changed(output) == 0, changed_tasks(output)
+    return output
 
 
 def hits(host):
-    """The hit counter's value, read by loading the page (which adds one)."""
-    status, body = http(host, HITS)
-    assert status == 200, body
-    return int(re.fullmatch(r"Hello World! (\d+) times\.", body.strip()).group(1))
+    return page_count(host, HITS)
 
 
 def user_names(host):
-    status, body = http(host, USERS)
+    status, body = http(host, f"{API}/users")
     assert status == 200, body
     return [user["name"] for user in json.loads(body)["users"]]
-
-
-def add_user(host, name):
-    status, body = http(host, USERS, "POST", json.dumps({"name": name}))
-    assert status == 201, body
 
 
 def container_ids(host, project):
@@ -93,20 +86,18 @@ def volumes(host, project):
 
 
 def web_env(host, project):
-    return dict(item.split("=", 1) for item in inspect(host, f"{project}-web-1")["Config"]["Env"])
+    return container_env(host, f"{project}-web-1")
 
 
 def test_converged_hosts_serve_their_stacks(counter_host, users_host):
     assert hits(counter_host) >= 1
-    add_user(users_host, "alice")
-    add_user(users_host, "bob")
+    post_user(users_host, API, "alice")
+    post_user(users_host, API, "bob")
     assert user_names(users_host)[-2:] == ["alice", "bob"]
 
 
 def test_check_mode_on_converged_hosts_reports_no_change():
-    output = playbook("site.yml", "--check", "--diff")
-    assert recap_changed(output) == 0, changed_tasks(output)
-    assert "--- before" not in output
+    assert "--- before" not in assert_converged()
 
 
 def test_stopped_containers_are_reported_by_check_mode_then_started(counter_host):
@@ -209,7 +200,7 @@ def test_rolling_run_stops_at_an_unhealthy_host_and_the_others_keep_serving(coun
 def test_backup_restores_onto_a_rebuilt_host_and_a_stack_switch_leaves_nothing(counter_host, users_host):
     playbook("backup.yml")
     count, names = hits(counter_host) - 1, user_names(users_host)
-    add_user(users_host, "after-the-backup")
+    post_user(users_host, API, "after-the-backup")
 
     # Rebuild staging-2 from scratch (a new VM: new engine, no volumes), give it the hit counter
     # with staging-1's data.

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from conftest import container_name, recap_changed, run_playbook
-from stack import (assert_limits, assert_supervisor_restarts_gunicorn, crash_and_wait_for_restart, http, inspect,
-                   reboot_staging_host, supervisor_status, wait_for, wait_healthy)
+from stack import (assert_limits, assert_supervisor_restarts_gunicorn, container_env, crash_and_wait_for_restart, http,
+                   inspect, post_user, reboot_staging_host, supervisor_status, wait_for, wait_healthy)
 
 WEB = "users-web-1"
 DB = "users-db-1"
@@ -21,12 +21,6 @@ def api(stack_vars):
 
 def rows(host):
     return int(host.check_output(f"docker exec {DB} psql -U users -d users -tAc 'SELECT count(*) FROM users'"))
-
-
-def post_user(host, api, name):
-    status, body = http(host, f"{api}/users", "POST", json.dumps({"name": name}))
-    assert status == 201, body
-    return json.loads(body)
 
 
 def test_containers_run_with_the_configured_policy_and_limits(host, stack_vars):
@@ -50,7 +44,7 @@ def test_password_is_not_visible_in_inspect_compose_env_or_logs(host):
         assert password not in host.run(f"docker logs {container} 2>&1").stdout, container
     for path in ("/opt/users/compose.yaml", "/opt/users/.env"):
         assert password not in host.file(path).content_string, path
-    env = dict(item.split("=", 1) for item in inspect(host, DB)["Config"]["Env"])
+    env = container_env(host, DB)
     assert env["POSTGRES_PASSWORD_FILE"] == "/run/secrets/db_password" and "POSTGRES_PASSWORD" not in env
 
 
