@@ -61,4 +61,4 @@ prepare-machine:
 
 kit: prepare-machine
 	molecule/kit/build-images
-	@for image in python redis postgres; do molecule/kit/build-images --save .cache/images/$$image.tar $$image; done
+	@for image in python haproxy redis postgres; do molecule/kit/build-images --save .cache/images/$$image.tar $$image; done

@@ -39,6 +39,15 @@ def test_each_get_counts_exactly_one(client):
     assert [hits(client.get("/")) for _ in range(5)] == [first + n for n in range(1, 6)]
 
 
+def test_a_request_resent_by_the_proxy_counts_once(client):
+    """The proxy resends a request whose replica died mid-request with the same X-Request-ID:
+    it gets the count the first attempt made, and the counter does not move."""
+    first = hits(client.get("/", headers={"X-Request-ID": "req-1"}))
+    assert hits(client.get("/", headers={"X-Request-ID": "req-1"})) == first
+    assert hits(client.get("/", headers={"X-Request-ID": "req-2"})) == first + 1
+    assert hits(client.get("/")) == first + 2
+
+
 def test_page_text_is_the_seed_text(client):
     response = client.get("/")
     assert response.status_code == 200

@@ -1,5 +1,9 @@
 """The 12-factor hit counter: every GET / increments the Redis key `hits`.
 
+Behind the entry proxy every request carries a unique X-Request-ID, which stays the same when the
+proxy resends a request to another replica (one that died mid-request, say): the increment and
+its answer are then recorded under that ID for a while, so a resent request counts once.
+
 Config comes only from the environment: HOST_REDIS, PORT_REDIS, DB_REDIS, and the password
 from PASSWORD_FILE_REDIS (a file, so it never shows in `docker inspect`) or PASSWORD_REDIS.
 """
@@ -7,7 +11,7 @@ from PASSWORD_FILE_REDIS (a file, so it never shows in `docker inspect`) or PASS
 import os
 
 import redis
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 
@@ -17,6 +21,18 @@ def redis_password(env):
         with open(path, encoding="utf-8") as handle:
             return handle.read().strip()
     return env.get("PASSWORD_REDIS") or None
+
+
+# Atomic in Redis: INCR once per request ID, and give a resent request the count it got first.
+INCR_ONCE = """
+local seen = redis.call('GET', KEYS[2])
+if seen then return tonumber(seen) end
+local hits = redis.call('INCR', KEYS[1])
+redis.call('SET', KEYS[2], hits, 'EX', tonumber(ARGV[1]))
+return hits
+"""
+# Seconds a request ID is remembered: far longer than the proxy's retries take.
+REQUEST_ID_SECONDS = 60
 
 
 def create_app(env=os.environ):
@@ -30,10 +46,14 @@ def create_app(env=os.environ):
         socket_timeout=2,
     )
 
+    incr_once = client.register_script(INCR_ONCE)
+
     @app.get("/")
     def hello():
         # INCR returns the new value atomically: no INCR-then-GET race across workers.
-        return f"Hello World! {client.incr('hits')} times.", 200, {"Content-Type": "text/plain; charset=utf-8"}
+        request_id = request.headers.get("X-Request-ID")
+        hits = incr_once(keys=["hits", f"hits:request:{request_id}"], args=[REQUEST_ID_SECONDS]) if request_id else client.incr("hits")
+        return f"Hello World! {hits} times.", 200, {"Content-Type": "text/plain; charset=utf-8"}
 
     @app.get("/healthz")
     def healthz():
