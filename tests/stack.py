@@ -1,6 +1,7 @@
 """Helpers for verifying a compose stack on a staging host: containers, HTTP, fault drills."""
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -136,3 +137,36 @@ def assert_limits(host, container, stack_vars, prefix):
     assert config["CapDrop"] == ["ALL"], container
     assert "no-new-privileges:true" in config["SecurityOpt"], container
     return state
+
+
+def replicas(host, project, service="web"):
+    """Names of the running containers of a compose service: replicas come and go with rollouts."""
+    return sorted(host.check_output(
+        f"docker ps --filter label=com.docker.compose.project={project} "
+        f"--filter label=com.docker.compose.service={service} --format '{{{{.Names}}}}'").split())
+
+
+class PacedLoad:
+    """scripts/paced-load.py in the background on the staging host (loopback traffic only):
+    RATE requests/s, a new connection each, until the block ends; .result holds its figures."""
+
+    SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "paced-load.py")
+
+    def __init__(self, host, url, rate=50, threads=8):
+        self.host, self.url, self.rate, self.threads, self.result = host, url, rate, threads, None
+
+    def __enter__(self):
+        with open(self.SCRIPT, encoding="utf-8") as handle:
+            script = handle.read()
+        self.host.check_output(f"cat > /root/paced-load.py <<'EOF'\n{script}\nEOF\nrm -f /root/paced-load.stop /root/paced-load.json")
+        self.host.check_output(f"setsid nohup python3 /root/paced-load.py {shlex.quote(self.url)} {self.rate} {self.threads} "
+                               "/root/paced-load.stop >/root/paced-load.json 2>&1 </dev/null &")
+        time.sleep(2)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(2)
+        self.host.check_output("touch /root/paced-load.stop")
+        output = wait_for("the paced load to report", lambda: self.host.run("cat /root/paced-load.json").stdout.strip(), 30)
+        self.result = json.loads(output)
+        return False

@@ -5,30 +5,37 @@ import json
 import pytest
 
 from conftest import recap_changed, run_playbook
-from stack import container_env, inspect, size_in_bytes
+from stack import container_env, inspect, replicas, size_in_bytes
 
-WEB = "hitcounter-web-1"
 REDIS = "hitcounter-redis-1"
+
+
+def assert_web_replicas(host, memory, workers):
+    names = replicas(host, "hitcounter")
+    assert len(names) == host.ansible.get_variables().get("hitcounter_web_replicas", 2), names
+    for name in names:
+        assert inspect(host, name)["HostConfig"]["Memory"] == size_in_bytes(memory), name
+        assert container_env(host, name)["GUNICORN_WORKERS"] == workers, name
+    return names
 
 
 def test_changed_limit_and_env_roll_out_and_keep_redis(host):
     redis_id = inspect(host, REDIS)["Id"]
+    before = replicas(host, "hitcounter")
     rc, output = run_playbook("site.yml", "-e", json.dumps({"hitcounter_web_memory": "96M", "hitcounter_workers": 3}))
     assert rc == 0, output
-    assert inspect(host, WEB)["HostConfig"]["Memory"] == size_in_bytes("96M")
-    assert container_env(host, WEB)["GUNICORN_WORKERS"] == "3"
+    assert not set(assert_web_replicas(host, "96M", "3")) & set(before), "old replicas were left running"
     assert inspect(host, REDIS)["Id"] == redis_id, "redis was recreated for a web-only change"
 
     rc, output = run_playbook("site.yml")
     assert rc == 0, output
-    assert inspect(host, WEB)["HostConfig"]["Memory"] == size_in_bytes(host.ansible.get_variables()["hitcounter_web_memory"])
-    assert container_env(host, WEB)["GUNICORN_WORKERS"] == "2"
+    assert_web_replicas(host, host.ansible.get_variables()["hitcounter_web_memory"], "2")
 
 
 @pytest.fixture
 def unchanged_stack(host):
     def snapshot():
-        return ([inspect(host, name)["Id"] for name in (WEB, REDIS)],
+        return ([inspect(host, name)["Id"] for name in replicas(host, "hitcounter") + [REDIS]],
                 [host.file(path).sha256sum for path in ("/opt/hitcounter/compose.yaml", "/opt/hitcounter/.env")])
     before = snapshot()
     yield

@@ -11,7 +11,7 @@ import pytest
 import testinfra
 
 from conftest import recap_changed, run_playbook
-from stack import container_env, http, inspect, page_count, post_user
+from stack import container_env, http, inspect, page_count, post_user, replicas
 
 HITS = "http://127.0.0.1:8000/"
 API = "http://127.0.0.1:8000"
@@ -58,14 +58,14 @@ def user_names(host):
 
 
 def container_ids(host, project):
-    """{service: container ID} of a compose project, stopped containers included."""
+    """{service: [container IDs]} of a compose project (web has replicas), stopped containers included."""
     ids = {}
     for line in host.check_output(
             f"docker ps -a --filter label={COMPOSE_PROJECT}={project} "
             "--format '{{.Label \"com.docker.compose.service\"}} {{.ID}}'").splitlines():
         service, container = line.split()
-        ids[service] = container
-    return ids
+        ids.setdefault(service, []).append(container)
+    return {service: sorted(found) for service, found in ids.items()}
 
 
 def project_leftovers(host, project):
@@ -86,7 +86,10 @@ def volumes(host, project):
 
 
 def web_env(host, project):
-    return container_env(host, f"{project}-web-1")
+    """The environment of the web replicas (asserted to be the same in each)."""
+    envs = [container_env(host, name) for name in replicas(host, project)]
+    assert envs and all(env == envs[0] for env in envs), envs
+    return envs[0]
 
 
 def test_converged_hosts_serve_their_stacks(counter_host, users_host):
@@ -138,7 +141,7 @@ def test_edited_and_deleted_project_files_are_reported_then_restored(counter_hos
 
 def test_removed_network_is_reported_then_recreated_with_the_data(counter_host):
     before = hits(counter_host)
-    counter_host.check_output("docker stop hitcounter-web-1 hitcounter-redis-1 && docker network rm hitcounter_default")
+    counter_host.check_output(f"docker stop $(docker ps -q --filter label={COMPOSE_PROJECT}=hitcounter) && docker network rm hitcounter_default")
 
     output = playbook("site.yml", "--check", "--diff", "--limit", "staging-1")
     assert "recreate hitcounter-redis-1 (its network was removed)" in output
@@ -214,7 +217,7 @@ def test_backup_restores_onto_a_rebuilt_host_and_a_stack_switch_leaves_nothing(c
     # run leaves nothing of the hit counter but its data volume.
     output = playbook("site.yml", "--check", "--diff", "--limit", "staging-2")
     assert "Would deploy users for the first time" in output and "changed: [staging-2] => (item=hitcounter-web-1)" in output
-    assert container_ids(users_host, "hitcounter").keys() == {"web", "redis"}, "check mode removed the hit counter"
+    assert container_ids(users_host, "hitcounter").keys() == {"proxy", "web", "redis"}, "check mode removed the hit counter"
     playbook("site.yml", "--limit", "staging-2")
     assert project_leftovers(users_host, "hitcounter") == NOTHING_LEFT
     assert volumes(users_host, "hitcounter") == ["hitcounter_redis-data"]
@@ -229,7 +232,7 @@ def test_teardown_keeps_the_volumes_unless_purged(users_host):
     names = user_names(users_host)
     rc, output = run_playbook("teardown.yml", "--limit", "staging-2", "-e", "teardown_purge=maybe")
     assert rc != 0 and "Nothing was changed" in output
-    assert container_ids(users_host, "users").keys() == {"web", "db"}
+    assert container_ids(users_host, "users").keys() == {"proxy", "web", "db"}
 
     playbook("teardown.yml", "--limit", "staging-2")
     # The kept volume keeps the secrets that open it.

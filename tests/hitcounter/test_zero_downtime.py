@@ -1,0 +1,136 @@
+"""Zero-downtime drills behind the entry proxy: each one runs under a paced load (50 req/s, a new
+connection per request) and asserts that no request failed and that the hit counter moved by
+exactly the number of answered requests (no lost and no double increment)."""
+
+import json
+
+import pytest
+
+from conftest import recap_changed, run_playbook
+from stack import (PacedLoad, crash_main_process, http, inspect, kill_in_container, replicas, supervisor_status,
+                   wait_for, wait_healthy)
+
+PROXY = "hitcounter-proxy-1"
+REDIS = "hitcounter-redis-1"
+
+
+@pytest.fixture(scope="module")
+def page_url(stack_vars):
+    return f"http://127.0.0.1:{stack_vars['hitcounter_port']}/"
+
+
+def hits_in_redis(host, stack_vars):
+    return int(host.check_output(f"docker exec {REDIS} redis-cli -p {stack_vars['hitcounter_redis_port']} get hits") or 0)
+
+
+def proxy_health_view(host):
+    """{replica address: status} of the web backend in the proxy's health view (stats CSV)."""
+    address = next(iter(inspect(host, PROXY)["NetworkSettings"]["Networks"].values()))["IPAddress"]
+    status, body = http(host, f"http://{address}:8404/stats;csv")
+    assert status == 200, body
+    rows = [line.split(",") for line in body.lstrip("# ").splitlines()]
+    header = rows[0]
+    return {row[header.index("addr")].rsplit(":", 1)[0]: row[header.index("status")]
+            for row in rows[1:] if row[0] == "web" and row[1] not in ("FRONTEND", "BACKEND") and row[header.index("addr")]}
+
+
+def replica_addresses(host):
+    return {next(iter(inspect(host, name)["NetworkSettings"]["Networks"].values()))["IPAddress"] for name in replicas(host, "hitcounter")}
+
+
+@pytest.fixture
+def drill(host, stack_vars, page_url):
+    """Runs the body under a paced load; asserts 0 failed requests and an exact counter."""
+    def run(action):
+        before = hits_in_redis(host, stack_vars)
+        with PacedLoad(host, page_url) as load:
+            outcome = action()
+        result = load.result
+        assert result["failed"] == 0, result
+        assert result["total"] > 100, result
+        assert hits_in_redis(host, stack_vars) - before == result["total"], (result, "the counter lost or doubled a hit")
+        wait_for("every replica to be up in the proxy", lambda: (view := proxy_health_view(host))
+                 and set(view) >= replica_addresses(host) and all(view[a] == "UP" for a in replica_addresses(host)), 20)
+        return outcome
+    return run
+
+
+def playbook(*args):
+    rc, output = run_playbook("site.yml", *args)
+    assert rc == 0, output[-6000:]
+    return output
+
+
+def test_only_the_proxy_is_published_and_it_sees_every_replica_up(host, stack_vars):
+    published = {name for name in host.check_output("docker ps --format '{{.Names}}'").split()
+                 if any(inspect(host, name)["NetworkSettings"]["Ports"].get(port) for port in inspect(host, name)["NetworkSettings"]["Ports"] or {})}
+    assert published == {PROXY}
+    assert host.socket(f"tcp://0.0.0.0:{stack_vars['hitcounter_port']}").is_listening
+    assert len(replicas(host, "hitcounter")) == stack_vars.get("hitcounter_web_replicas", 2)
+    view = proxy_health_view(host)
+    assert {address: view.get(address) for address in replica_addresses(host)} == dict.fromkeys(replica_addresses(host), "UP")
+
+
+def test_web_env_change_rolls_out_with_no_failed_request(host, drill):
+    old = replicas(host, "hitcounter")
+    drill(lambda: playbook("-e", json.dumps({"hitcounter_env": {"DRILL": "env"}})))
+    assert not set(replicas(host, "hitcounter")) & set(old)
+
+
+def test_web_limit_change_rolls_out_with_no_failed_request(host, drill):
+    drill(lambda: playbook("-e", json.dumps({"hitcounter_env": {"DRILL": "env"}, "hitcounter_web_memory": "112M"})))
+    assert {inspect(host, name)["HostConfig"]["Memory"] for name in replicas(host, "hitcounter")} == {112 * 2**20}
+
+
+def test_rollback_goes_to_the_previous_release_with_no_failed_request(host, drill):
+    output = drill(lambda: run_playbook("rollback.yml"))
+    assert output[0] == 0, output[1][-6000:]
+    assert {inspect(host, name)["HostConfig"]["Memory"] for name in replicas(host, "hitcounter")} == {128 * 2**20}
+
+
+def test_graceful_restart_of_one_replica_costs_no_request(host, drill):
+    drill(lambda: host.check_output(f"docker restart {replicas(host, 'hitcounter')[0]}"))
+
+
+def test_kill_of_one_replicas_main_process_costs_no_request(host, drill):
+    victim = replicas(host, "hitcounter")[0]
+
+    def crash():
+        restarts = crash_main_process(host, victim)
+        wait_for(f"{victim} to be restarted", lambda: inspect(host, victim)["RestartCount"] > restarts, 30)
+        wait_healthy(host, victim)
+    drill(crash)
+
+
+def test_kill_of_one_replicas_gunicorn_master_costs_no_request(host, drill):
+    victim = replicas(host, "hitcounter")[0]
+
+    def crash():
+        _, _, master = supervisor_status(host, victim)
+        kill_in_container(host, victim, master)
+        wait_for("a new gunicorn master", lambda: (state := supervisor_status(host, victim))[1] == "RUNNING" and state[2] != master, 20)
+        wait_healthy(host, victim)
+    drill(crash)
+
+
+def test_proxy_config_change_reloads_in_place_with_no_failed_request(host, drill):
+    proxy_id = inspect(host, PROXY)["Id"]
+    output = drill(lambda: playbook("-e", json.dumps({"compose_stack_proxy_maxconn": 1999})))
+    assert "Reload the proxy in place" in output
+    assert inspect(host, PROXY)["Id"] == proxy_id, "the proxy was recreated"
+    assert "maxconn 1999" in host.file("/opt/hitcounter/proxy/haproxy.cfg").content_string
+
+
+def test_bad_deploy_is_rolled_back_with_no_failed_request_and_the_next_good_run_converges(host, drill):
+    live = replicas(host, "hitcounter")
+    env = host.file("/opt/hitcounter/.env").content_string
+    # Port 1 has no Redis: the new replicas never pass /healthz.
+    bad_release = {"hitcounter_env": {"PORT_REDIS": "1"}, "compose_stack_wait_timeout": 60}
+    rc, output = drill(lambda: run_playbook("site.yml", "-e", json.dumps(bad_release)))
+    assert rc != 0, output[-6000:]
+    assert "the previous release is still live" in output, output[-6000:]
+    assert replicas(host, "hitcounter") == live, "the live replicas were touched"
+    assert host.file("/opt/hitcounter/.env").content_string == env, "the failed release's files stayed"
+
+    playbook()
+    assert recap_changed(playbook("--check")) == 0
