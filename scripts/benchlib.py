@@ -24,11 +24,22 @@ class StagingHost:
     def __enter__(self):
         # No published ports (the load runs inside the host), so it can run beside `make up`'s host.
         self.playbook("playbooks/local.yml", "-e", f"staging_host_name={self.name}", "-e", '{"staging_host_ports": []}')
+        self.inventory_dir = tempfile.TemporaryDirectory()
+        os.symlink(os.path.join(PROJECT, "inventories/local/group_vars"), os.path.join(self.inventory_dir.name, "group_vars"))
         return self
 
     def __exit__(self, *exc):
+        self.inventory_dir.cleanup()
         if not os.environ.get("BENCH_KEEP"):
             self.playbook("playbooks/local.yml", "-e", f"staging_host_name={self.name}", "-e", "staging_host_state=absent")
+
+    def inventory(self, stack):
+        """An inventory of this host alone, with the local inventory's group_vars and `stack`."""
+        path = os.path.join(self.inventory_dir.name, "hosts.yml")
+        with open(path, "w") as handle:
+            handle.write(f"docker_hosts:\n  hosts:\n    {self.name}:\n"
+                         f"      ansible_connection: community.docker.docker\n      app_stack: {stack}\n")
+        return path
 
     @staticmethod
     def playbook(*args):
@@ -37,15 +48,10 @@ class StagingHost:
     def deploy(self, stack, extra_args):
         """site.yml with the local inventory's group_vars, aimed at this host only; returns
         (seconds the playbook took, changed tasks in its recap)."""
-        with tempfile.TemporaryDirectory() as inventory:
-            with open(os.path.join(inventory, "hosts.yml"), "w") as handle:
-                handle.write(f"docker_hosts:\n  hosts:\n    {self.name}:\n"
-                             f"      ansible_connection: community.docker.docker\n      app_stack: {stack}\n")
-            os.symlink(os.path.join(PROJECT, "inventories/local/group_vars"), os.path.join(inventory, "group_vars"))
-            print(f"[bench] deploying {stack}", " ".join(extra_args), flush=True)
-            started = time.monotonic()
-            output = self.playbook("-i", os.path.join(inventory, "hosts.yml"), "playbooks/site.yml", *extra_args)
-            seconds = time.monotonic() - started
+        print(f"[bench] deploying {stack}", " ".join(extra_args), flush=True)
+        started = time.monotonic()
+        output = self.playbook("-i", self.inventory(stack), "playbooks/site.yml", *extra_args)
+        seconds = time.monotonic() - started
         self.sh("command -v wrk >/dev/null || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1)")
         changed = sum(int(n) for n in re.findall(r"changed=(\d+)", output.split("PLAY RECAP", 1)[-1]))
         return seconds, changed
@@ -77,7 +83,7 @@ class StagingHost:
         """requests/s, p50/p99 (ms), completed requests and non-2xx (incl. socket errors)."""
         out = self.sh(f"wrk -t2 -c{CONCURRENCY} -d{seconds}s --latency {script} '{url}'")
         def field(pattern, default=None):
-            match = re.search(pattern, out)
+            match = re.search(pattern, out, re.MULTILINE)
             return match.group(1) if match else default
         def ms(value):
             number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()
@@ -85,7 +91,9 @@ class StagingHost:
         errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
         return {"rps": float(field(r"Requests/sec:\s+([\d.]+)")), "complete": int(field(r"(\d+) requests in")),
                 "non2xx": int(field(r"Non-2xx or 3xx responses: (\d+)", 0)) + (sum(map(int, errors.groups())) if errors else 0),
-                "p50": ms(field(r"50%\s+(\S+)")), "p99": ms(field(r"99%\s+(\S+)"))}
+                # Latency distribution lines only ("     50%    1.23ms"): the Req/Sec line's "+/- Stdev"
+                # column can also end in "50%".
+                "p50": ms(field(r"^\s+50%\s+(\S+)$")), "p99": ms(field(r"^\s+99%\s+(\S+)$"))}
 
     def measure(self, container, load):
         """Runs load() while sampling the container's memory; adds peak/steady MiB and OOM."""

@@ -2,7 +2,9 @@
 total, spread over THREADS threads on a fixed schedule, each request on a new connection, until
 STOP_FILE exists. Unlike wrk, a refused connection does not turn into a burst of retries, so
 failed / total is the share of requests a steady client would have seen fail.
-Prints one JSON line: total, failed, first/last failure (s since start), error kinds.
+Prints one JSON line: total, failed, first/last failure (s since start), error kinds, the
+longest gap between two answered requests (s) and the slowest failed request (ms: how long a
+client waited for its error).
 Usage: python3 paced-load.py URL RATE THREADS STOP_FILE"""
 
 import collections
@@ -16,26 +18,31 @@ import urllib.request
 url, rate, threads, stop_file = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 started = time.monotonic()
 lock = threading.Lock()
-total, failures, kinds = 0, [], collections.Counter()
+total, failures, answered, slowest_failure, kinds = 0, [], [], 0.0, collections.Counter()
 
 
 def client(offset):
-    global total
+    global total, slowest_failure
     interval = threads / rate
     due = started + offset * interval / threads
     while not os.path.exists(stop_file):
         time.sleep(max(0.0, due - time.monotonic()))
         due += interval
+        sent = time.monotonic()
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 error = None if response.status == 200 else f"HTTP {response.status}"
         except Exception as exc:  # refused, reset, timeout, HTTP error: all count as failed
-            error = type(exc).__name__
+            error = getattr(exc, "code", None) and f"HTTP {exc.code}" or type(exc).__name__
+        done = time.monotonic()
         with lock:
             total += 1
             if error:
-                failures.append(time.monotonic() - started)
+                failures.append(done - started)
+                slowest_failure = max(slowest_failure, done - sent)
                 kinds[error] += 1
+            else:
+                answered.append(done)
 
 
 workers = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
@@ -43,6 +50,9 @@ for worker in workers:
     worker.start()
 for worker in workers:
     worker.join()
+answered.sort()
 print(json.dumps({"total": total, "failed": len(failures), "seconds": round(time.monotonic() - started, 1),
                   "first_failure": round(min(failures), 2) if failures else None,
-                  "last_failure": round(max(failures), 2) if failures else None, "errors": dict(kinds)}))
+                  "last_failure": round(max(failures), 2) if failures else None, "errors": dict(kinds),
+                  "longest_gap": round(max((b - a for a, b in zip(answered, answered[1:])), default=0.0), 2),
+                  "slowest_failure_ms": round(1000 * slowest_failure)}))

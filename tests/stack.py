@@ -170,3 +170,20 @@ class PacedLoad:
         output = wait_for("the paced load to report", lambda: self.host.run("cat /root/paced-load.json").stdout.strip(), 30)
         self.result = json.loads(output)
         return False
+
+
+def assert_quick_json_503_while_down(host, container, url, within):
+    """With a data service stopped, each request gets a JSON 503 within `within` seconds (never a
+    hang or a 500), from the app or from the proxy once no replica is healthy; then it recovers."""
+    host.check_output(f"docker stop {container}")
+    try:
+        for _ in range(6):
+            started = time.monotonic()
+            status, body = http(host, url)
+            assert status == 503 and "error" in json.loads(body), (status, body)
+            assert time.monotonic() - started < within, f"a request hung while {container} was down"
+            time.sleep(0.5)
+    finally:
+        host.check_output(f"docker start {container}")
+    wait_healthy(host, container)
+    wait_for("answers again", lambda: http(host, url)[0] == 200, 30)

@@ -7,20 +7,11 @@ import json
 import pytest
 
 from conftest import recap_changed, run_playbook
-from stack import (PacedLoad, crash_main_process, http, inspect, kill_in_container, replicas, supervisor_status,
-                   wait_for, wait_healthy)
+from stack import (PacedLoad, assert_quick_json_503_while_down, crash_main_process, http, inspect, kill_in_container,
+                   replicas, supervisor_status, wait_for, wait_healthy)
+from test_hitcounter import REDIS, hits_in_redis, page_url  # noqa: F401 (page_url is a fixture)
 
 PROXY = "hitcounter-proxy-1"
-REDIS = "hitcounter-redis-1"
-
-
-@pytest.fixture(scope="module")
-def page_url(stack_vars):
-    return f"http://127.0.0.1:{stack_vars['hitcounter_port']}/"
-
-
-def hits_in_redis(host, stack_vars):
-    return int(host.check_output(f"docker exec {REDIS} redis-cli -p {stack_vars['hitcounter_redis_port']} get hits") or 0)
 
 
 def proxy_health_view(host):
@@ -134,3 +125,8 @@ def test_bad_deploy_is_rolled_back_with_no_failed_request_and_the_next_good_run_
 
     playbook()
     assert recap_changed(playbook("--check")) == 0
+
+
+def test_redis_outage_gets_a_quick_json_503_and_the_page_recovers(host, page_url):
+    # The app's Redis timeouts: 1 s to connect, 2 s to answer.
+    assert_quick_json_503_while_down(host, REDIS, page_url, 3.5)
