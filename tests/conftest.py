@@ -46,6 +46,11 @@ def run_playbook(playbook, *args):
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def changed_tasks(output):
+    """Names of the tasks that reported a change (check mode says what it would change)."""
+    return re.findall(r"TASK \[([^\]]+)\][^\n]*\n(?:(?!TASK \[).*\n)*?changed: ", output)
+
+
 def recap_changed(output):
     """The number of changed tasks in a playbook run's PLAY RECAP."""
     counts = re.findall(r"changed=(\d+)", output.split("PLAY RECAP", 1)[-1])

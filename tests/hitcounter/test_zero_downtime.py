@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import recap_changed, run_playbook
+from conftest import changed_tasks, recap_changed, run_playbook
 from stack import (PacedLoad, assert_quick_json_503_while_down, crash_main_process, http, inspect, kill_in_container,
                    replicas, supervisor_status, wait_for, wait_healthy)
 from test_hitcounter import REDIS, hits_in_redis, page_url  # noqa: F401 (page_url is a fixture)
@@ -107,7 +107,8 @@ def test_kill_of_one_replicas_gunicorn_master_costs_no_request(host, drill):
 def test_proxy_config_change_reloads_in_place_with_no_failed_request(host, drill):
     proxy_id = inspect(host, PROXY)["Id"]
     output = drill(lambda: playbook("-e", json.dumps({"compose_stack_proxy_maxconn": 1999})))
-    assert "Reload the proxy in place" in output
+    reload = "compose_stack : Reload the proxy in place (HAProxy master-worker reload keeps its listening socket)"
+    assert reload in changed_tasks(output)
     assert inspect(host, PROXY)["Id"] == proxy_id, "the proxy was recreated"
     assert "maxconn 1999" in host.file("/opt/hitcounter/proxy/haproxy.cfg").content_string
 

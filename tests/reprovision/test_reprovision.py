@@ -10,7 +10,7 @@ import re
 import pytest
 import testinfra
 
-from conftest import recap_changed, run_playbook
+from conftest import changed_tasks, recap_changed, run_playbook
 from stack import container_env, http, inspect, page_count, post_user, replicas
 
 HITS = "http://127.0.0.1:8000/"
@@ -33,11 +33,6 @@ def playbook(name, *args):
     rc, output = run_playbook(name, *args)
     assert rc == 0, output[-6000:]
     return output
-
-
-def changed_tasks(output):
-    """Names of the tasks that reported a change (check mode says what it would change)."""
-    return re.findall(r"TASK \[([^\]]+)\][^\n]*\n(?:(?!TASK \[).*\n)*?changed: ", output)
 
 
 def assert_converged(*limit):
