@@ -41,7 +41,9 @@ bench-engine: toolchain kit
 bench-hitcounter: toolchain kit
 	scripts/bench-hitcounter
 
-## bench-reprovision: cold vs no-op site.yml, and failed/total requests during a config-change rollout
+## bench-reprovision: cold vs no-op site.yml; failed/total and longest gap under paced load for every
+## availability event (replica restart/kills, rollout, rollback, proxy reload, datastore restart) on
+## both stacks; the proxy's throughput cost and memory
 bench-reprovision: toolchain kit
 	scripts/bench-reprovision
 
