@@ -3,10 +3,12 @@ connection per request) and asserts that no request failed and that the hit coun
 exactly the number of answered requests (no lost and no double increment)."""
 
 import json
+import os
+import shutil
 
 import pytest
 
-from conftest import changed_tasks, recap_changed, run_playbook
+from conftest import PROJECT_DIR, changed_tasks, recap_changed, run_playbook
 from stack import (PacedLoad, assert_quick_json_503_while_down, crash_main_process, http, inspect, kill_in_container,
                    replicas, supervisor_status, wait_for, wait_healthy)
 from test_hitcounter import REDIS, hits_in_redis, page_url  # noqa: F401 (page_url is a fixture)
@@ -60,6 +62,17 @@ def test_only_the_proxy_is_published_and_it_sees_every_replica_up(host, stack_va
     assert len(replicas(host, "hitcounter")) == stack_vars.get("hitcounter_web_replicas", 2)
     view = proxy_health_view(host)
     assert {address: view.get(address) for address in replica_addresses(host)} == dict.fromkeys(replica_addresses(host), "UP")
+
+
+def test_new_app_image_rolls_out_with_no_failed_request(host, drill, tmp_path):
+    app = tmp_path / "app"
+    shutil.copytree(os.path.join(PROJECT_DIR, "roles", "hitcounter", "files", "app"), app)
+    with open(app / "app.py", "a", encoding="utf-8") as handle:
+        handle.write("\n# A new build of the app (zero-downtime drill).\n")
+    old_image = {inspect(host, name)["Config"]["Image"] for name in replicas(host, "hitcounter")}
+    drill(lambda: playbook("-e", json.dumps({"hitcounter_app_src": str(app)})))
+    new_image = {inspect(host, name)["Config"]["Image"] for name in replicas(host, "hitcounter")}
+    assert len(new_image) == 1 and new_image != old_image, (old_image, new_image)
 
 
 def test_web_env_change_rolls_out_with_no_failed_request(host, drill):
