@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from conftest import PROJECT_DIR, changed_tasks, recap_changed, run_playbook
-from stack import (PacedLoad, assert_quick_json_503_while_down, crash_main_process, http, inspect, kill_in_container,
-                   replicas, supervisor_status, wait_for, wait_healthy)
+from stack import (PacedLoad, assert_quick_json_503_while_down, container_env, crash_main_process, http, inspect,
+                   kill_in_container, replicas, size_in_bytes, supervisor_status, wait_for, wait_healthy)
 from test_hitcounter import REDIS, hits_in_redis, page_url  # noqa: F401 (page_url is a fixture)
 
 PROXY = "hitcounter-proxy-1"
@@ -48,6 +48,16 @@ def drill(host, stack_vars, page_url):
     return run
 
 
+def assert_web_replicas(host, memory, workers):
+    """As many replicas as the scenario asks for, each with this memory limit and worker count."""
+    names = replicas(host, "hitcounter")
+    assert len(names) == host.ansible.get_variables().get("hitcounter_web_replicas", 2), names
+    for name in names:
+        assert inspect(host, name)["HostConfig"]["Memory"] == size_in_bytes(memory), name
+        assert container_env(host, name)["GUNICORN_WORKERS"] == workers, name
+    return names
+
+
 def playbook(*args):
     rc, output = run_playbook("site.yml", *args)
     assert rc == 0, output[-6000:]
@@ -81,15 +91,19 @@ def test_web_env_change_rolls_out_with_no_failed_request(host, drill):
     assert not set(replicas(host, "hitcounter")) & set(old)
 
 
-def test_web_limit_change_rolls_out_with_no_failed_request(host, drill):
-    drill(lambda: playbook("-e", json.dumps({"hitcounter_env": {"DRILL": "env"}, "hitcounter_web_memory": "112M"})))
-    assert {inspect(host, name)["HostConfig"]["Memory"] for name in replicas(host, "hitcounter")} == {112 * 2**20}
+def test_web_limit_change_rolls_out_with_no_failed_request_and_keeps_redis(host, drill):
+    redis_id = inspect(host, REDIS)["Id"]
+    old = replicas(host, "hitcounter")
+    drill(lambda: playbook("-e", json.dumps({"hitcounter_env": {"DRILL": "env"}, "hitcounter_web_memory": "112M",
+                                             "hitcounter_workers": 3})))
+    assert not set(assert_web_replicas(host, "112M", "3")) & set(old), "old replicas were left running"
+    assert inspect(host, REDIS)["Id"] == redis_id, "redis was recreated for a web-only change"
 
 
-def test_rollback_goes_to_the_previous_release_with_no_failed_request(host, drill):
+def test_rollback_goes_to_the_previous_release_with_no_failed_request(host, stack_vars, drill):
     output = drill(lambda: run_playbook("rollback.yml"))
     assert output[0] == 0, output[1][-6000:]
-    assert {inspect(host, name)["HostConfig"]["Memory"] for name in replicas(host, "hitcounter")} == {128 * 2**20}
+    assert_web_replicas(host, stack_vars["hitcounter_web_memory"], "2")
 
 
 def test_graceful_restart_of_one_replica_costs_no_request(host, drill):
@@ -126,7 +140,7 @@ def test_proxy_config_change_reloads_in_place_with_no_failed_request(host, drill
     assert "maxconn 1999" in host.file("/opt/hitcounter/proxy/haproxy.cfg").content_string
 
 
-def test_bad_deploy_is_rolled_back_with_no_failed_request_and_the_next_good_run_converges(host, drill):
+def test_bad_deploy_is_rolled_back_with_no_failed_request_and_the_next_good_run_converges(host, stack_vars, drill):
     live = replicas(host, "hitcounter")
     env = host.file("/opt/hitcounter/.env").content_string
     # Port 1 has no Redis: the new replicas never pass /healthz.
@@ -138,6 +152,7 @@ def test_bad_deploy_is_rolled_back_with_no_failed_request_and_the_next_good_run_
     assert host.file("/opt/hitcounter/.env").content_string == env, "the failed release's files stayed"
 
     playbook()
+    assert_web_replicas(host, stack_vars["hitcounter_web_memory"], "2")
     assert recap_changed(playbook("--check")) == 0
 
 

@@ -123,8 +123,10 @@ def test_edited_and_deleted_project_files_are_reported_then_restored(counter_hos
 
     output = playbook("site.yml", "--check", "--diff", "--limit", "staging-1")
     assert set(changed_tasks(output)) == {
-        "compose_stack : Write compose.yaml", "compose_stack : Write the app environment (.env)",
+        "compose_stack : Write the release (compose.yaml, .env, proxy config)",
         "compose_stack : Report what a real run would start, create or recreate (compose cannot dry-run a stopped dependency)"}
+    assert set(re.findall(r"^--- before: (\S+)$", output, re.MULTILINE)) == {"/opt/hitcounter/compose.yaml", "/opt/hitcounter/.env"}
+    assert "apply the new release (.env, compose.yaml)" in output
     assert "-GUNICORN_WORKERS=5\n+GUNICORN_WORKERS=2" in output
     assert not compose.exists and "GUNICORN_WORKERS=5" in env.content_string, "check mode wrote a file"
 

@@ -1,35 +1,12 @@
-"""Variable changes roll out on a re-run; invalid variables stop the play before any change."""
+"""Invalid variables stop the play before any change (changes that roll out: test_zero_downtime.py)."""
 
 import json
 
 import pytest
 
 from conftest import recap_changed, run_playbook
-from stack import container_env, inspect, replicas, size_in_bytes
-
-REDIS = "hitcounter-redis-1"
-
-
-def assert_web_replicas(host, memory, workers):
-    names = replicas(host, "hitcounter")
-    assert len(names) == host.ansible.get_variables().get("hitcounter_web_replicas", 2), names
-    for name in names:
-        assert inspect(host, name)["HostConfig"]["Memory"] == size_in_bytes(memory), name
-        assert container_env(host, name)["GUNICORN_WORKERS"] == workers, name
-    return names
-
-
-def test_changed_limit_and_env_roll_out_and_keep_redis(host):
-    redis_id = inspect(host, REDIS)["Id"]
-    before = replicas(host, "hitcounter")
-    rc, output = run_playbook("site.yml", "-e", json.dumps({"hitcounter_web_memory": "96M", "hitcounter_workers": 3}))
-    assert rc == 0, output
-    assert not set(assert_web_replicas(host, "96M", "3")) & set(before), "old replicas were left running"
-    assert inspect(host, REDIS)["Id"] == redis_id, "redis was recreated for a web-only change"
-
-    rc, output = run_playbook("site.yml")
-    assert rc == 0, output
-    assert_web_replicas(host, host.ansible.get_variables()["hitcounter_web_memory"], "2")
+from stack import inspect, replicas
+from test_hitcounter import REDIS
 
 
 @pytest.fixture
