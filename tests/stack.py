@@ -146,6 +146,30 @@ def replicas(host, project, service="web"):
         f"--filter label=com.docker.compose.service={service} --format '{{{{.Names}}}}'").split())
 
 
+def address(host, container):
+    return next(iter(inspect(host, container)["NetworkSettings"]["Networks"].values()))["IPAddress"]
+
+
+def replica_addresses(host, project):
+    return {address(host, name) for name in replicas(host, project)}
+
+
+def proxy_health_view(host, project):
+    """{replica address: status} of the web backend in the entry proxy's health view (stats CSV)."""
+    status, body = http(host, f"http://{address(host, f'{project}-proxy-1')}:8404/stats;csv")
+    assert status == 200, body
+    rows = [line.split(",") for line in body.lstrip("# ").splitlines()]
+    header = rows[0]
+    return {row[header.index("addr")].rsplit(":", 1)[0]: row[header.index("status")]
+            for row in rows[1:] if row[0] == "web" and row[1] not in ("FRONTEND", "BACKEND") and row[header.index("addr")]}
+
+
+def wait_until_the_proxy_routes(host, project, timeout=30):
+    """Healthy replicas take traffic once the proxy's own checks (every second, up after 2) and
+    DNS have seen them: wait for a replica UP in its health view, without sending a request."""
+    wait_for(f"the {project} proxy to see a replica up", lambda: "UP" in proxy_health_view(host, project).values(), timeout)
+
+
 class PacedLoad:
     """scripts/paced-load.py in the background on the staging host (loopback traffic only):
     RATE requests/s, a new connection each, until the block ends; .result holds its figures."""

@@ -6,7 +6,7 @@ import pytest
 from conftest import container_name
 from stack import (assert_limits, assert_supervisor_restarts_gunicorn, container_env, crash_and_wait_for_restart,
                    http_get, inspect, kill_in_container, page_count, reboot_staging_host, supervisor_status, wait_for,
-                   wait_healthy)
+                   wait_healthy, wait_until_the_proxy_routes)
 
 WEB = "hitcounter-web-1"
 REDIS = "hitcounter-redis-1"
@@ -109,5 +109,6 @@ def test_engine_and_stack_come_back_after_a_staging_host_reboot(host, stack_vars
     reboot_staging_host(host, container_name(host))
     wait_healthy(host, REDIS, 120)
     wait_healthy(host, WEB, 120)
+    wait_until_the_proxy_routes(host, "hitcounter")
     assert hits_in_redis(host, stack_vars) == count
     assert page_count(host, page_url) == count + 1

@@ -9,26 +9,11 @@ import shutil
 import pytest
 
 from conftest import PROJECT_DIR, changed_tasks, recap_changed, run_playbook
-from stack import (PacedLoad, assert_quick_json_503_while_down, container_env, crash_main_process, http, inspect,
-                   kill_in_container, replicas, size_in_bytes, supervisor_status, wait_for, wait_healthy)
+from stack import (PacedLoad, assert_quick_json_503_while_down, container_env, crash_main_process, inspect, kill_in_container,
+                   proxy_health_view, replica_addresses, replicas, size_in_bytes, supervisor_status, wait_for, wait_healthy)
 from test_hitcounter import REDIS, hits_in_redis, page_url  # noqa: F401 (page_url is a fixture)
 
 PROXY = "hitcounter-proxy-1"
-
-
-def proxy_health_view(host):
-    """{replica address: status} of the web backend in the proxy's health view (stats CSV)."""
-    address = next(iter(inspect(host, PROXY)["NetworkSettings"]["Networks"].values()))["IPAddress"]
-    status, body = http(host, f"http://{address}:8404/stats;csv")
-    assert status == 200, body
-    rows = [line.split(",") for line in body.lstrip("# ").splitlines()]
-    header = rows[0]
-    return {row[header.index("addr")].rsplit(":", 1)[0]: row[header.index("status")]
-            for row in rows[1:] if row[0] == "web" and row[1] not in ("FRONTEND", "BACKEND") and row[header.index("addr")]}
-
-
-def replica_addresses(host):
-    return {next(iter(inspect(host, name)["NetworkSettings"]["Networks"].values()))["IPAddress"] for name in replicas(host, "hitcounter")}
 
 
 @pytest.fixture
@@ -42,8 +27,8 @@ def drill(host, stack_vars, page_url):
         assert result["failed"] == 0, result
         assert result["total"] > 100, result
         assert hits_in_redis(host, stack_vars) - before == result["total"], (result, "the counter lost or doubled a hit")
-        wait_for("every replica to be up in the proxy", lambda: (view := proxy_health_view(host))
-                 and set(view) >= replica_addresses(host) and all(view[a] == "UP" for a in replica_addresses(host)), 20)
+        wait_for("every replica to be up in the proxy", lambda: (view := proxy_health_view(host, "hitcounter"))
+                 and set(view) >= replica_addresses(host, "hitcounter") and all(view[a] == "UP" for a in replica_addresses(host, "hitcounter")), 20)
         return outcome
     return run
 
@@ -70,8 +55,8 @@ def test_only_the_proxy_is_published_and_it_sees_every_replica_up(host, stack_va
     assert published == {PROXY}
     assert host.socket(f"tcp://0.0.0.0:{stack_vars['hitcounter_port']}").is_listening
     assert len(replicas(host, "hitcounter")) == stack_vars.get("hitcounter_web_replicas", 2)
-    view = proxy_health_view(host)
-    assert {address: view.get(address) for address in replica_addresses(host)} == dict.fromkeys(replica_addresses(host), "UP")
+    view = proxy_health_view(host, "hitcounter")
+    assert {address: view.get(address) for address in replica_addresses(host, "hitcounter")} == dict.fromkeys(replica_addresses(host, "hitcounter"), "UP")
 
 
 def test_new_app_image_rolls_out_with_no_failed_request(host, drill, tmp_path):

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import container_name, recap_changed, run_playbook
 from stack import (assert_limits, assert_supervisor_restarts_gunicorn, container_env, crash_and_wait_for_restart, http,
-                   inspect, post_user, reboot_staging_host, supervisor_status, wait_for, wait_healthy)
+                   inspect, post_user, reboot_staging_host, supervisor_status, wait_for, wait_healthy,
+                   wait_until_the_proxy_routes)
 
 WEB = "users-web-1"
 DB = "users-db-1"
@@ -126,5 +127,6 @@ def test_data_survives_a_staging_host_reboot(host, api):
     reboot_staging_host(host, container_name(host))
     wait_healthy(host, DB, 120)
     wait_healthy(host, WEB, 120)
+    wait_until_the_proxy_routes(host, "users")
     assert rows(host) == before
     assert http(host, f"{api}/users")[0] == 200
