@@ -136,6 +136,29 @@ def test_edited_and_deleted_project_files_are_reported_then_restored(counter_hos
     assert_converged("--limit", "staging-1")
 
 
+def test_containers_changed_by_hand_behind_unchanged_files_are_put_back(counter_host):
+    """A converged host costs no compose up; this is what the skip must still find: a container
+    made from another config by hand (compose's config hash) and a web replica removed by hand."""
+    before = hits(counter_host)
+    counter_host.check_output(
+        "printf 'services:\\n  redis:\\n    labels:\\n      by-hand: \"1\"\\n' >/tmp/by-hand.yaml && "
+        "docker compose -p hitcounter --project-directory /opt/hitcounter -f /opt/hitcounter/compose.yaml "
+        f"-f /tmp/by-hand.yaml up -d --no-deps --wait redis && docker rm -f {replicas(counter_host, 'hitcounter')[-1]}")
+    assert inspect(counter_host, "hitcounter-redis-1")["Config"]["Labels"].get("by-hand") == "1"
+
+    output = playbook("site.yml", "--check", "--diff", "--limit", "staging-1")
+    assert set(changed_tasks(output)) == {
+        "compose_stack : Run docker compose up --wait for the data services, one by one",
+        "compose_stack : Run docker compose up --wait for the web replicas (none runs an old release)"}
+    assert inspect(counter_host, "hitcounter-redis-1")["Config"]["Labels"].get("by-hand") == "1", "check mode recreated"
+
+    playbook("site.yml", "--limit", "staging-1")
+    assert "by-hand" not in inspect(counter_host, "hitcounter-redis-1")["Config"]["Labels"]
+    assert len(replicas(counter_host, "hitcounter")) == 2
+    assert hits(counter_host) == before + 1
+    assert_converged("--limit", "staging-1")
+
+
 def test_removed_network_is_reported_then_recreated_with_the_data(counter_host):
     before = hits(counter_host)
     counter_host.check_output(f"docker stop $(docker ps -q --filter label={COMPOSE_PROJECT}=hitcounter) && docker network rm hitcounter_default")

@@ -4,12 +4,15 @@ compose_stack_start_order: the services of a compose file, dependencies first.
 compose_stack_drift: what `compose up` would have to repair in a project, from the docker
 objects docker_host_info listed (tasks/docker-objects.yml). Check mode reports it, because
 `compose up --dry-run` fails as soon as a dependency is stopped.
+compose_stack_unconverged: why `compose up` would still have work on a host whose release, images
+and containers did not drift (empty: nothing to do, so the deploy skips compose).
 compose_stack_rollout: a service's replicas sorted for a rolling update (tasks/roll.yml).
 compose_stack_proxy_up: the replica addresses HAProxy's health view (CSV) reports UP."""
 
 import csv
 
 SERVICE_LABEL = "com.docker.compose.service"
+CONFIG_HASH_LABEL = "com.docker.compose.config-hash"
 
 
 def compose_stack_start_order(compose):
@@ -51,6 +54,36 @@ def compose_stack_drift(objects, services):
     return {"summary": summary, "lost_network": lost_network}
 
 
+def compose_stack_unconverged(objects, compose, config_hashes, release_label):
+    """Reasons a project's containers differ from `compose` (the deployed compose.yaml as a dict):
+    a container not running healthy, a data or proxy container whose config hash differs from
+    what `docker compose config --hash '*'` printed (`config_hashes`), a web replica of another
+    release (compose's hash of a scaled service differs from the printed one, so web is compared
+    by its release label), or a service with more or fewer containers than it asks for."""
+    web = compose["x-compose-stack"]["web_service"]
+    expected_hashes = dict(line.split() for line in config_hashes.splitlines() if line.strip())
+    counts = {}
+    reasons = []
+    for container in objects["containers"]:
+        name = container["Names"][0].lstrip("/")
+        labels = container["Labels"]
+        service = labels.get(SERVICE_LABEL)
+        counts[service] = counts.get(service, 0) + 1
+        status = container.get("Status", "")
+        if container["State"] != "running" or "(unhealthy)" in status or "(health: starting)" in status:
+            reasons.append(f"{name} is not running healthy ({status})")
+        elif service == web:
+            if labels.get(release_label) != compose["services"][web]["labels"][release_label]:
+                reasons.append(f"{name} runs another release")
+        elif labels.get(CONFIG_HASH_LABEL) != expected_hashes.get(service):
+            reasons.append(f"{name} was made from another config")
+    for service, definition in compose["services"].items():
+        want = (definition.get("deploy") or {}).get("replicas", 1)
+        if counts.get(service, 0) != want:
+            reasons.append(f"{service} has {counts.get(service, 0)} containers, not {want}")
+    return reasons
+
+
 def compose_stack_rollout(containers, label, release):
     """IDs of the running replicas of another release (outdated: their `label` differs from
     `release`), of the stopped ones, and of those of the desired release (all_current, any
@@ -81,4 +114,5 @@ def compose_stack_proxy_up(stats_csv, backend):
 class FilterModule:
     def filters(self):
         return {"compose_stack_drift": compose_stack_drift, "compose_stack_start_order": compose_stack_start_order,
-                "compose_stack_rollout": compose_stack_rollout, "compose_stack_proxy_up": compose_stack_proxy_up}
+                "compose_stack_rollout": compose_stack_rollout, "compose_stack_unconverged": compose_stack_unconverged,
+                "compose_stack_proxy_up": compose_stack_proxy_up}
