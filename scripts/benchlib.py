@@ -5,7 +5,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -13,6 +12,7 @@ import time
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
+TUNING = os.environ.get("BENCH_TUNING", "1") != "0"
 
 
 class StagingHost:
@@ -24,6 +24,9 @@ class StagingHost:
     def __enter__(self):
         # No published ports (the load runs inside the host), so it can run beside `make up`'s host.
         self.playbook("playbooks/local.yml", "-e", f"staging_host_name={self.name}", "-e", '{"staging_host_ports": []}')
+        # Loads go to the host's own address, as a client on the network would: published ports
+        # there are DNAT in the kernel; 127.0.0.1 goes through dockerd's userland docker-proxy.
+        self.address = self.sh("ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1")
         self.inventory_dir = tempfile.TemporaryDirectory()
         os.symlink(os.path.join(PROJECT, "inventories/local/group_vars"), os.path.join(self.inventory_dir.name, "group_vars"))
         return self
@@ -56,16 +59,47 @@ class StagingHost:
         changed = sum(int(n) for n in re.findall(r"changed=(\d+)", output.split("PLAY RECAP", 1)[-1]))
         return seconds, changed
 
+    def tuning(self, stack, extra, variants, measure):
+        """For each (name, change) in `variants`, `stack` redeployed with one setting changed from
+        the deployed config, then measure(name). A change is site.yml arguments, or a function of
+        this host applied after a plain deploy (for settings that have no role variable)."""
+        results = []
+        for name, change in variants if TUNING else []:
+            try:
+                self.deploy(stack, extra if callable(change) else [*extra, *change])
+            except CommandFailed as failed:
+                # The health gate rolled the variant back (e.g. workers OOM-killed at the limit).
+                reason = re.findall(r"Perhaps out of memory|did not come up healthy", str(failed))
+                print(f"[bench] {name}: not deployed ({reason[0] if reason else 'site.yml failed'})", flush=True)
+                results.append({"name": name, "failed": reason[0] if reason else "site.yml failed"})
+                continue
+            if callable(change):
+                change(self)
+            results.append(measure(name))
+        return results
+
     def sh(self, command):
         return run("docker", "exec", self.name, "sh", "-c", command)
 
     def inspect(self, container):
         return json.loads(self.sh(f"docker inspect {container}"))[0]
 
-    def memory_mib(self, container):
-        usage = self.sh(f"docker stats --no-stream --format '{{{{.MemUsage}}}}' {container}").split("/")[0].strip()
-        number, unit = re.match(r"([\d.]+)\s*([KMG]i?B|B)", usage).groups()
-        return float(number) * {"B": 1 / 2**20, "KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[unit]
+    def container_address(self, container):
+        return next(iter(self.inspect(container)["NetworkSettings"]["Networks"].values()))["IPAddress"]
+
+    def memory_mib(self, containers):
+        """{container: MiB in use}, from one `docker stats` call."""
+        usage = {}
+        for line in self.sh(f"docker stats --no-stream --format '{{{{.Name}}}} {{{{.MemUsage}}}}' {' '.join(containers)}").splitlines():
+            name, used = line.split(" ", 1)
+            number, unit = re.match(r"([\d.]+)\s*([KMG]i?B|B)", used.split("/")[0].strip()).groups()
+            usage[name] = float(number) * {"B": 1 / 2**20, "KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[unit]
+        return usage
+
+    def replicas(self, stack, service="web"):
+        """Names of the running containers of a compose service (rollouts give new names)."""
+        return sorted(self.sh(f"docker ps --filter label=com.docker.compose.project={stack} "
+                              f"--filter label=com.docker.compose.service={service} --format '{{{{.Names}}}}'").split())
 
     def run_like(self, container, name, port, command="", env=""):
         """Another container from the same image, limits, env file and network as `container`."""
@@ -76,7 +110,7 @@ class StagingHost:
                 f"--cpus {config['NanoCpus'] / 1e9} --pids-limit {config['PidsLimit']} "
                 f"--env-file /opt/{project}/.env {env} "
                 + " ".join(f"-v {m['Source']}:{m['Destination']}:ro" for m in web["Mounts"] if m["Type"] == "bind")
-                + f" -p 127.0.0.1:{port}:8000 {web['Config']['Image']} {command}")
+                + f" -p {port}:8000 {web['Config']['Image']} {command}")
         return web
 
     def wrk(self, url, script="", seconds=SECONDS):
@@ -95,13 +129,15 @@ class StagingHost:
                 # column can also end in "50%".
                 "p50": ms(field(r"^\s+50%\s+(\S+)$")), "p99": ms(field(r"^\s+99%\s+(\S+)$"))}
 
-    def measure(self, container, load):
-        """Runs load() while sampling the container's memory; adds peak/steady MiB and OOM."""
-        before = self.inspect(container)
+    def measure(self, containers, load):
+        """Runs load() while sampling the memory of `containers` (a name or a list); adds the
+        highest peak and steady MiB of any of them, and whether any was OOM-killed or restarted."""
+        containers = [containers] if isinstance(containers, str) else containers
+        restarts = {name: self.inspect(name)["RestartCount"] for name in containers}
         peak, done = [0.0], threading.Event()
         def sample():
             while not done.is_set():
-                peak[0] = max(peak[0], self.memory_mib(container))
+                peak[0] = max(peak[0], *self.memory_mib(containers).values())
         sampler = threading.Thread(target=sample)
         sampler.start()
         try:
@@ -110,14 +146,19 @@ class StagingHost:
             done.set()
             sampler.join()
         time.sleep(2)
-        after = self.inspect(container)
-        result.update(peak=peak[0], steady=self.memory_mib(container),
-                      oom=after["State"]["OOMKilled"] or after["RestartCount"] > before["RestartCount"])
+        after = {name: self.inspect(name) for name in containers}
+        result.update(peak=peak[0], steady=max(self.memory_mib(containers).values()),
+                      oom=any(state["State"]["OOMKilled"] or state["RestartCount"] > restarts[name]
+                              for name, state in after.items()))
         return result
+
+
+class CommandFailed(SystemExit):
+    """A command failed: ends the bench with its output, unless caught (a tuning variant)."""
 
 
 def run(*cmd):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT)
     if proc.returncode != 0:
-        sys.exit(f"[bench] failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        raise CommandFailed(f"[bench] failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     return proc.stdout.strip()

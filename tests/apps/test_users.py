@@ -142,3 +142,18 @@ def test_database_outage_is_a_json_503_and_the_api_recovers(client, postgres_ser
     postgres_server.start()
     assert client.get("/healthz").get_json() == {"status": "ok"}
     assert [user["name"] for user in client.get("/users").get_json()["users"]] == ["before"]
+
+
+def test_without_pre_ping_a_database_restart_costs_one_json_503(postgres_server):
+    """DB_POOL_PRE_PING=0 saves a round trip per request; the price: the first request on a
+    connection the restart closed gets a JSON 503 (the proxy resends it), then the pool is fresh."""
+    module = load_app_module()
+    env = dict(postgres_server.env, DB_POOL_PRE_PING="0")
+    module.migrate(env)
+    client = module.create_app(env).test_client()
+    assert client.get("/healthz").status_code == 200
+    postgres_server.stop()
+    postgres_server.start()
+    first = client.get("/healthz")
+    assert first.status_code == 503 and first.get_json()["error"] == "database unavailable"
+    assert client.get("/healthz").get_json() == {"status": "ok"}
