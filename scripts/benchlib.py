@@ -130,9 +130,8 @@ class StagingHost:
                 "p50": ms(field(r"^\s+50%\s+(\S+)$")), "p99": ms(field(r"^\s+99%\s+(\S+)$"))}
 
     def measure(self, containers, load):
-        """Runs load() while sampling the memory of `containers` (a name or a list); adds the
-        highest peak and steady MiB of any of them, and whether any was OOM-killed or restarted."""
-        containers = [containers] if isinstance(containers, str) else containers
+        """Runs load() while sampling the memory of `containers` (names); adds the highest peak
+        and steady MiB of any of them, and whether any was OOM-killed or restarted."""
         restarts = {name: self.inspect(name)["RestartCount"] for name in containers}
         peak, done = [0.0], threading.Event()
         def sample():
