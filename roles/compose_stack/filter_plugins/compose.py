@@ -7,9 +7,13 @@ objects docker_host_info listed (tasks/docker-objects.yml). Check mode reports i
 compose_stack_unconverged: why `compose up` would still have work on a host whose release, images
 and containers did not drift (empty: nothing to do, so the deploy skips compose).
 compose_stack_rollout: a service's replicas sorted for a rolling update (tasks/roll.yml).
-compose_stack_proxy_up: the replica addresses HAProxy's health view (CSV) reports UP."""
+compose_stack_proxy_up: the replica addresses HAProxy's health view (CSV) reports UP.
+compose_stack_swarm: the stack file `docker stack deploy` gets, made from the compose file a
+single host gets (one stack definition, two engines)."""
 
+import copy
 import csv
+import hashlib
 
 SERVICE_LABEL = "com.docker.compose.service"
 CONFIG_HASH_LABEL = "com.docker.compose.config-hash"
@@ -111,8 +115,89 @@ def compose_stack_proxy_up(stats_csv, backend):
             and row["status"].startswith("UP") and row["addr"]]
 
 
+# Compose restart policies as Swarm restart conditions.
+SWARM_RESTART = {"no": "none", "on-failure": "on-failure", "always": "any", "unless-stopped": "any"}
+
+
+def compose_stack_swarm(compose, options):
+    """The compose file of a single host (compose_stack's, as a dict) as a Swarm stack file.
+    Only engine-specific keys change: restart -> deploy.restart_policy; tmpfs -> tmpfs mounts;
+    a bind mount of a project folder (the proxy's config) -> one Swarm config per file, named by
+    its content hash (configs are immutable: a new name rolls the service); secrets are readable
+    only by the service's user; published ports name their mode. depends_on, security_opt
+    (Swarm services have no no-new-privileges) and the project name have no Swarm equivalent.
+    Web rolls start-first and rolls back on failure; data services are pinned to the node with
+    the data label; the proxy runs on every node.
+    options: endpoint_mode (dnsrr|vip), publish_mode (host|ingress), data_label, update_monitor,
+    stack (the stack's name), project_files ({path under the project: its content})."""
+    roles = compose["x-compose-stack"]
+    web, proxy = roles["web_service"], roles["proxy_service"]
+    stack = {key: value for key, value in compose.items() if key != "name"}
+    stack["services"] = {}
+    configs = {}
+    for name, service in compose["services"].items():
+        service = copy.deepcopy(service)
+        restart = service.pop("restart", "unless-stopped")
+        for key in ("depends_on", "security_opt", "container_name"):
+            service.pop(key, None)
+        volumes = [{"type": "tmpfs", "target": target} for target in service.pop("tmpfs", [])]
+        for volume in service.pop("volumes", []):
+            source, target = volume.split(":")[:2]
+            if not source.startswith("./"):
+                volumes.append(volume)
+                continue
+            folder = source[2:].rstrip("/") + "/"
+            for path, content in sorted(options["project_files"].items()):
+                if path.startswith(folder):
+                    digest = hashlib.sha256(content.encode()).hexdigest()
+                    config = f"{name}_{path[len(folder):]}".replace(".", "_")
+                    configs[config] = {"file": f"./{path}", "name": f"{options['stack']}_{config}_{digest[:12]}"}
+                    service.setdefault("configs", []).append({"source": config, "target": f"{target}/{path[len(folder):]}"})
+        if volumes:
+            service["volumes"] = volumes
+        uid = str(service.get("user", "0")).split(":")[0]
+        service["secrets"] = [{"source": secret, "target": secret} if isinstance(secret, str) else dict(secret)
+                              for secret in service.get("secrets", [])]
+        for secret in service["secrets"]:
+            secret.update({"uid": uid, "mode": 0o400})
+        if not service["secrets"]:
+            del service["secrets"]
+        service["ports"] = [_swarm_port(port, options["publish_mode"]) for port in service.get("ports", [])]
+        if not service["ports"]:
+            del service["ports"]
+        deploy = service.setdefault("deploy", {})
+        deploy["endpoint_mode"] = options["endpoint_mode"]
+        deploy["restart_policy"] = {"condition": SWARM_RESTART[restart], "delay": "1s"}
+        if name == web:
+            # A new replica serves next to the old ones until it is healthy; one that is not
+            # (or fails within the monitor window) makes Swarm roll the service back.
+            rolling = {"parallelism": 1, "order": "start-first", "monitor": options["update_monitor"]}
+            deploy["update_config"] = dict(rolling, failure_action="rollback", max_failure_ratio=0)
+            deploy["rollback_config"] = dict(rolling, failure_action="pause")
+        elif name == proxy:
+            deploy["mode"] = "global"
+            # A host-mode port is held by one container at a time.
+            order = "stop-first" if options["publish_mode"] == "host" else "start-first"
+            deploy["update_config"] = {"parallelism": 1, "order": order, "failure_action": "rollback",
+                                       "monitor": options["update_monitor"]}
+        else:
+            # A datastore keeps its named volume on one node, and one container writes it.
+            deploy["placement"] = {"constraints": [f"node.labels.{options['data_label']} == true"]}
+            deploy["update_config"] = {"parallelism": 1, "order": "stop-first", "failure_action": "rollback"}
+        stack["services"][name] = service
+    if configs:
+        stack["configs"] = configs
+    return stack
+
+
+def _swarm_port(port, mode):
+    """A compose port ("[address:]published:target") in Swarm's long syntax (no bind address)."""
+    published, target = str(port).split(":")[-2:]
+    return {"target": int(target), "published": int(published), "protocol": "tcp", "mode": mode}
+
+
 class FilterModule:
     def filters(self):
         return {"compose_stack_drift": compose_stack_drift, "compose_stack_start_order": compose_stack_start_order,
                 "compose_stack_rollout": compose_stack_rollout, "compose_stack_unconverged": compose_stack_unconverged,
-                "compose_stack_proxy_up": compose_stack_proxy_up}
+                "compose_stack_proxy_up": compose_stack_proxy_up, "compose_stack_swarm": compose_stack_swarm}
