@@ -36,9 +36,9 @@ def stack_vars(host):
     return host.ansible.get_variables()
 
 
-def run_playbook(playbook, *args):
-    """Run a playbook of this project against molecule's inventory; returns (rc, output)."""
-    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+def run_playbook(playbook, *args, inventory=None):
+    """Run a playbook of this project against molecule's inventory (or `inventory`); returns (rc, output)."""
+    cmd = ["ansible-playbook", "-i", inventory or os.environ["MOLECULE_INVENTORY_FILE"],
            os.path.join(PROJECT_DIR, "playbooks", playbook), *args]
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1",
                ANSIBLE_ROLES_PATH=os.path.join(PROJECT_DIR, "roles"))

@@ -14,6 +14,7 @@ single host gets (one stack definition, two engines)."""
 import copy
 import csv
 import hashlib
+import json
 
 SERVICE_LABEL = "com.docker.compose.service"
 CONFIG_HASH_LABEL = "com.docker.compose.config-hash"
@@ -190,6 +191,25 @@ def compose_stack_swarm(compose, options):
     return stack
 
 
+def compose_stack_swarm_failed_updates(before, after):
+    """Services whose update this deploy started and Swarm rolled back or paused, as
+    "service: message", from two outputs of `docker service inspect --format '{{.Spec.Name}}
+    {{json .UpdateStatus}}'` (before and after docker stack deploy)."""
+
+    def statuses(output):
+        found = {}
+        for line in output.splitlines():
+            name, _, status = line.partition(" ")
+            if status.strip() not in ("", "null"):
+                found[name] = json.loads(status)
+        return found
+
+    earlier = statuses(before)
+    return [f"{name}: {status.get('State')} ({status.get('Message', '')})" for name, status in sorted(statuses(after).items())
+            if status.get("State") in ("rollback_started", "rollback_completed", "rollback_paused", "paused")
+            and status.get("StartedAt") != earlier.get(name, {}).get("StartedAt")]
+
+
 def _swarm_port(port, mode):
     """A compose port ("[address:]published:target") in Swarm's long syntax (no bind address)."""
     published, target = str(port).split(":")[-2:]
@@ -200,4 +220,5 @@ class FilterModule:
     def filters(self):
         return {"compose_stack_drift": compose_stack_drift, "compose_stack_start_order": compose_stack_start_order,
                 "compose_stack_rollout": compose_stack_rollout, "compose_stack_unconverged": compose_stack_unconverged,
-                "compose_stack_proxy_up": compose_stack_proxy_up, "compose_stack_swarm": compose_stack_swarm}
+                "compose_stack_proxy_up": compose_stack_proxy_up, "compose_stack_swarm": compose_stack_swarm,
+                "compose_stack_swarm_failed_updates": compose_stack_swarm_failed_updates}
