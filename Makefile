@@ -1,11 +1,11 @@
 # Thin wrappers; each target says what it runs. See README.md.
 VENV      ?= .venv
-SCENARIOS ?= default hitcounter users reprovision
+SCENARIOS ?= default hitcounter users reprovision swarm
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_NOCOLOR ?= 1
 export NO_COLOR ?= 1
 
-.PHONY: up down test lint apptest molecule toolchain prepare-machine kit bench bench-engine bench-hitcounter bench-users bench-reprovision
+.PHONY: up down test lint apptest molecule toolchain prepare-machine kit bench bench-engine bench-hitcounter bench-users bench-reprovision bench-swarm
 APP_STACK ?= hitcounter
 
 ## up: toolchain + image kit + local staging host, then site.yml against it (README command 1)
@@ -31,7 +31,7 @@ molecule: toolchain kit
 	@for s in $(SCENARIOS); do echo "== molecule test -s $$s"; molecule test -s $$s || exit 1; done
 
 ## bench: every benchmark (figures only, no assertions); BENCH_SECONDS=5 for a short run
-bench: bench-engine bench-hitcounter bench-users bench-reprovision
+bench: bench-engine bench-hitcounter bench-users bench-reprovision bench-swarm
 
 ## bench-engine: cold install vs bare apt, and the no-op re-run, on fresh staging hosts
 bench-engine: toolchain kit
@@ -46,6 +46,11 @@ bench-hitcounter: toolchain kit
 ## both stacks; the proxy's throughput cost and memory
 bench-reprovision: toolchain kit
 	scripts/bench-reprovision
+
+## bench-swarm: a 3-node cluster: cold provisioning vs 3 x one host, no-op; failed/total under paced
+## load for a rolling update, an automatic rollback and the loss of a worker; time to reschedule
+bench-swarm: toolchain kit
+	scripts/bench-swarm
 
 ## bench-users: inserts vs the seed's dev server, GET /users at 1k and 100k rows, at the 128M limit
 bench-users: toolchain kit

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -13,6 +14,9 @@ PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "20"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
 TUNING = os.environ.get("BENCH_TUNING", "1") != "0"
+EVENT_RATE = float(os.environ.get("BENCH_EVENT_RATE", "50"))
+with open(os.path.join(PROJECT, "scripts", "paced-load.py")) as handle:
+    PACED_LOAD = handle.read()
 
 
 class StagingHost:
@@ -150,6 +154,30 @@ class StagingHost:
                       oom=any(state["State"]["OOMKilled"] or state["RestartCount"] > restarts[name]
                               for name, state in after.items()))
         return result
+
+
+def under_load(host, path, action, rate=EVENT_RATE):
+    """Runs action() under a paced load, from 3 s before to 3 s after it; returns the load's figures."""
+    host.sh("rm -f /tmp/stop-load")
+    result = {}
+    threads = 16 if rate > 100 else 8
+    load = threading.Thread(target=lambda: result.update(json.loads(host.sh(
+        f"python3 - http://127.0.0.1:8000{path} {rate} {threads} /tmp/stop-load <<'EOF'\n{PACED_LOAD}\nEOF"))))
+    load.start()
+    time.sleep(3)
+    action()
+    time.sleep(3)
+    host.sh("touch /tmp/stop-load")
+    load.join()
+    return result
+
+
+def wait(what, check, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            sys.exit(f"[bench] timed out waiting for {what}")
+        time.sleep(0.5)
 
 
 class CommandFailed(SystemExit):
