@@ -4,6 +4,8 @@ runs inside the staging host, memory sampling and OOM detection. Figures only, n
 import json
 import os
 import re
+import shlex
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,15 +21,28 @@ with open(os.path.join(PROJECT, "scripts", "paced-load.py")) as handle:
     PACED_LOAD = handle.read()
 
 
-class StagingHost:
-    """A fresh staging host (playbooks/local.yml) removed on exit unless BENCH_KEEP is set."""
+SSH_DIR = os.path.join(PROJECT, ".cache", "ssh")
 
-    def __init__(self, name):
-        self.name = name
+
+def free_port():
+    """A free port on this machine's loopback, for a staging host's sshd."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class StagingHost:
+    """A fresh staging host (playbooks/local.yml), reached over SSH as deploy with sudo like any
+    inventory host, and removed on exit unless BENCH_KEEP is set. Docker here only creates and
+    removes it (and stops or starts it: `hypervisor`)."""
+
+    def __init__(self, name, network=""):
+        self.name, self.network, self.port = name, network, free_port()
 
     def __enter__(self):
-        # No published ports (the load runs inside the host), so it can run beside `make up`'s host.
-        self.playbook("playbooks/local.yml", "-e", f"staging_host_name={self.name}", "-e", '{"staging_host_ports": []}')
+        # No published ports but its sshd (the load runs inside the host), so it can run beside `make up`'s host.
+        self.playbook("playbooks/local.yml", "-e", f"staging_host_name={self.name}", "-e", f"staging_host_ssh_port={self.port}",
+                      "-e", '{"staging_host_ports": []}', "-e", f"staging_host_network={self.network}")
         # Loads go to the host's own address, as a client on the network would: published ports
         # there are DNAT in the kernel; 127.0.0.1 goes through dockerd's userland docker-proxy.
         self.address = self.sh("ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1")
@@ -40,13 +55,30 @@ class StagingHost:
         if not os.environ.get("BENCH_KEEP"):
             self.playbook("playbooks/local.yml", "-e", f"staging_host_name={self.name}", "-e", "staging_host_state=absent")
 
+    def ssh_args(self):
+        """How Ansible and this bench log in: this checkout's key, the host key recorded at its
+        first boot, one persistent connection."""
+        return ["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={SSH_DIR}/known_hosts",
+                "-o", "StrictHostKeyChecking=accept-new", "-o", "ControlMaster=auto", "-o", "ControlPersist=60s",
+                "-o", f"ControlPath={SSH_DIR}/cm-%C"]
+
+    def inventory_host(self, **host_vars):
+        """This host's entry in a YAML inventory (the local group_vars say user and become)."""
+        entry = {"ansible_host": "127.0.0.1", "ansible_port": self.port,
+                 "ansible_private_key_file": os.path.join(SSH_DIR, "id_ed25519"),
+                 "ansible_ssh_common_args": " ".join(self.ssh_args()), **host_vars}
+        return f"    {self.name}:\n" + "".join(f"      {key}: {json.dumps(value)}\n" for key, value in entry.items())
+
     def inventory(self, stack):
         """An inventory of this host alone, with the local inventory's group_vars and `stack`."""
         path = os.path.join(self.inventory_dir.name, "hosts.yml")
         with open(path, "w") as handle:
-            handle.write(f"docker_hosts:\n  hosts:\n    {self.name}:\n"
-                         f"      ansible_connection: community.docker.docker\n      app_stack: {stack}\n")
+            handle.write("docker_hosts:\n  hosts:\n" + self.inventory_host(app_stack=stack))
         return path
+
+    def hypervisor(self, action):
+        """stop, start or restart of the VM, as its hypervisor does it."""
+        run("docker", action, self.name)
 
     @staticmethod
     def playbook(*args):
@@ -83,7 +115,9 @@ class StagingHost:
         return results
 
     def sh(self, command):
-        return run("docker", "exec", self.name, "sh", "-c", command)
+        """A command on the host as root, over SSH with sudo."""
+        return run("ssh", "-p", str(self.port), "-i", os.path.join(SSH_DIR, "id_ed25519"), *self.ssh_args(),
+                   "deploy@127.0.0.1", f"sudo sh -c {shlex.quote(command)}")
 
     def inspect(self, container):
         return json.loads(self.sh(f"docker inspect {container}"))[0]

@@ -1,8 +1,10 @@
 """Shared fixtures of the testinfra verifiers: they run on the controller and reach the staging
-host through molecule's inventory (ansible backend, docker connection)."""
+hosts through molecule's inventory (ansible backend: SSH as deploy, with sudo). Docker on this
+machine is only their hypervisor (create, destroy, stop, reboot)."""
 
 import os
 import re
+import shlex
 import subprocess
 
 import pytest
@@ -11,19 +13,27 @@ PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def container_name(host):
-    """The staging host is a container on this machine, named like its inventory host."""
+    """The staging host's name for its hypervisor (a container on this machine named like its
+    inventory host): for reboots and stops, never for commands."""
     return host.backend.host.name if hasattr(host.backend.host, "name") else str(host.backend.host)
+
+
+def ssh_command(host):
+    """`ssh ... deploy@address` to the staging host, from its inventory variables (as Ansible logs in)."""
+    hostvars = host.ansible.get_variables()
+    key = hostvars.get("ansible_private_key_file") or hostvars["ansible_ssh_private_key_file"]
+    return ["ssh", "-p", str(hostvars["ansible_port"]), "-i", key, "-o", "BatchMode=yes",
+            *shlex.split(hostvars.get("ansible_ssh_common_args", "")), f"{hostvars['ansible_user']}@{hostvars['ansible_host']}"]
 
 
 @pytest.fixture(scope="module")
 def deliver_kit_image(host):
     """Copy an image built by molecule/kit from this machine's engine into the staging host's
-    engine (docker save | docker load), the way an air-gapped host gets its images."""
+    engine (docker save | ssh ... sudo docker load), the way an air-gapped host gets its images."""
 
     def deliver(image):
         save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "exec", "-i", container_name(host), "docker", "load", "-q"],
-                       stdin=save.stdout, check=True, capture_output=True)
+        subprocess.run([*ssh_command(host), "sudo docker load -q"], stdin=save.stdout, check=True, capture_output=True)
         assert save.wait() == 0, f"docker save {image} failed: build it with molecule/kit/build-images"
         return image
 
@@ -44,6 +54,20 @@ def run_playbook(playbook, *args, inventory=None):
                ANSIBLE_ROLES_PATH=os.path.join(PROJECT_DIR, "roles"))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=PROJECT_DIR)
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def failure_report(output, tail=3000):
+    """A failed playbook run, most telling first: each failed task with its message, then the
+    output's last lines (often container logs)."""
+    failures, task = [], None
+    lines = output.splitlines()
+    for number, line in enumerate(lines):
+        if line.startswith("TASK ["):
+            task = line.rstrip(" *")
+        elif re.match(r"(fatal|failed): \[", line) or line.startswith("[ERROR]"):
+            failures.append("\n".join([task or "(no task)", *lines[number:number + 12]]))
+    head = "\n\n".join(failures) if failures else "(no failed task in the output)"
+    return f"FAILED TASKS:\n{head}\n\nLAST LINES:\n{output[-tail:]}"
 
 
 def changed_tasks(output):

@@ -116,10 +116,11 @@ def assert_supervisor_restarts_gunicorn(host, container, url):
 
 
 def reboot_staging_host(host, name):
-    """Restart the staging-host container (a VM reboot) and wait until systemd has booted."""
+    """Restart the staging-host container (a VM reboot, from its hypervisor) and wait until it
+    answers over SSH again with systemd booted (a refused login is retried)."""
     subprocess.run(["docker", "restart", "-t", "60", name], check=True, capture_output=True)
-    wait_for("systemd to boot", lambda: host.run("systemctl is-system-running --wait").stdout.strip()
-             in ("running", "degraded"), 120)
+    wait_for("the host to answer over SSH with systemd booted", lambda: host.run(
+        "systemctl is-system-running --wait").stdout.strip() in ("running", "degraded"), 120, interval=1)
     assert host.service("docker").is_running
 
 

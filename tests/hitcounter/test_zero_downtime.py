@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from conftest import PROJECT_DIR, changed_tasks, recap_changed, run_playbook
+from conftest import PROJECT_DIR, changed_tasks, failure_report, recap_changed, run_playbook
 from stack import (PacedLoad, assert_quick_json_503_while_down, container_env, crash_main_process, inspect, kill_in_container,
                    proxy_health_view, replica_addresses, replicas, size_in_bytes, supervisor_status, wait_for, wait_healthy)
 from test_hitcounter import REDIS, hits_in_redis, page_url  # noqa: F401 (page_url is a fixture)
@@ -45,7 +45,7 @@ def assert_web_replicas(host, memory, workers):
 
 def playbook(*args):
     rc, output = run_playbook("site.yml", *args)
-    assert rc == 0, output[-6000:]
+    assert rc == 0, failure_report(output)
     return output
 
 
@@ -87,7 +87,7 @@ def test_web_limit_change_rolls_out_with_no_failed_request_and_keeps_redis(host,
 
 def test_rollback_goes_to_the_previous_release_with_no_failed_request(host, stack_vars, drill):
     output = drill(lambda: run_playbook("rollback.yml"))
-    assert output[0] == 0, output[1][-6000:]
+    assert output[0] == 0, failure_report(output[1])
     assert_web_replicas(host, stack_vars["hitcounter_web_memory"], "2")
 
 

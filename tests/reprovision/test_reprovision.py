@@ -10,7 +10,7 @@ import re
 import pytest
 import testinfra
 
-from conftest import changed_tasks, recap_changed, run_playbook
+from conftest import changed_tasks, failure_report, recap_changed, run_playbook
 from stack import container_env, http, inspect, page_count, post_user, replicas
 
 HITS = "http://127.0.0.1:8000/"
@@ -31,7 +31,7 @@ def users_host():
 def playbook(name, *args):
     """Runs a project playbook that must succeed; returns its output."""
     rc, output = run_playbook(name, *args)
-    assert rc == 0, output[-6000:]
+    assert rc == 0, failure_report(output)
     return output
 
 
@@ -228,7 +228,9 @@ def test_backup_restores_onto_a_rebuilt_host_and_a_stack_switch_leaves_nothing(c
     # Rebuild staging-2 from scratch (a new VM: new engine, no volumes), give it the hit counter
     # with staging-1's data.
     playbook("local.yml", "-e", "staging_host_name=staging-2", "-e", "staging_host_state=absent")
-    playbook("local.yml", "-e", "staging_host_name=staging-2", "-e", '{"staging_host_ports": []}')
+    ssh_port = users_host.ansible.get_variables()["ansible_port"]
+    playbook("local.yml", "-e", "staging_host_name=staging-2", "-e", f"staging_host_ssh_port={ssh_port}",
+             "-e", '{"staging_host_ports": []}')
     playbook("site.yml", "--limit", "staging-2", "-e", "app_stack=hitcounter")
     playbook("restore.yml", "--limit", "staging-2", "-e", "app_stack=hitcounter", "-e", "restore_from=staging-1")
     assert hits(users_host) == count + 1

@@ -16,12 +16,11 @@ import pytest
 import testinfra
 import yaml
 
-from conftest import PROJECT_DIR, changed_tasks, recap_changed, run_playbook
+from conftest import PROJECT_DIR, changed_tasks, failure_report, recap_changed, run_playbook
 from stack import PacedLoad, inspect, size_in_bytes, wait_for
 
 NODES = ["staging-1", "staging-2", "staging-3"]
 MANAGER, DATA_NODE = "staging-1", "staging-1"
-NETWORK = "molecule-swarm"
 PORT = 8080
 WEB, REDIS = "hitcounter_web", "hitcounter_redis"
 RELEASE_LABEL = "compose-stack.release"
@@ -46,7 +45,7 @@ def stack_vars(manager):
 def playbook(*args, inventory=None):
     """site.yml, which must succeed; returns its output."""
     rc, output = run_playbook("site.yml", *args, inventory=inventory)
-    assert rc == 0, output[-6000:]
+    assert rc == 0, failure_report(output)
     return output
 
 
@@ -56,9 +55,8 @@ def assert_converged(inventory=None):
 
 
 def node_address(name):
-    """A node's address on the cluster network, as this machine (a client on that network) reaches it."""
-    return subprocess.run(["docker", "inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{NETWORK}").IPAddress}}}}', name],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    """A node's address on the cluster network (its eth0), as this machine (a client on that network) reaches it."""
+    return node_host(name).check_output("ip -4 -o addr show dev eth0").split()[3].split("/")[0]
 
 
 def get(url):
@@ -104,9 +102,10 @@ def write_inventory(groups):
     group_vars and host_vars apply); the caller removes it."""
     with open(os.environ["MOLECULE_INVENTORY_FILE"], encoding="utf-8") as handle:
         inventory = yaml.safe_load(handle)
-    connection = {"ansible_connection": "community.docker.docker"}
+    # Each host keeps the SSH address molecule gave it.
+    connection = inventory["all"]["hosts"]
     for group in ("swarm_managers", "swarm_workers", "swarm_leaving"):
-        inventory[group] = {"hosts": {name: connection for name in groups.get(group, [])}}
+        inventory[group] = {"hosts": {name: connection[name] for name in groups.get(group, [])}}
     path = os.path.join(os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"]), "test-cluster.yml")
     with open(path, "w", encoding="utf-8") as handle:
         yaml.safe_dump(inventory, handle)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import recap_changed, run_playbook
+from conftest import failure_report, recap_changed, run_playbook
 from stack import PacedLoad, assert_quick_json_503_while_down, replicas
 
 DB = "users-db-1"
@@ -28,7 +28,7 @@ def api(stack_vars):
 
 def playbook(*args):
     rc, output = run_playbook("site.yml", *args)
-    assert rc == 0, output[-6000:]
+    assert rc == 0, failure_report(output)
     return output
 
 
