@@ -9,11 +9,13 @@ and containers did not drift (empty: nothing to do, so the deploy skips compose)
 compose_stack_rollout: a service's replicas sorted for a rolling update (tasks/roll.yml).
 compose_stack_proxy_up: the replica addresses HAProxy's health view (CSV) reports UP.
 compose_stack_swarm: the stack file `docker stack deploy` gets, made from the compose file a
-single host gets (one stack definition, two engines)."""
+single host gets (one stack definition, two engines).
+compose_stack_invalid_cidrs: the entries of compose_stack_allowed_sources that are not IPv4 networks."""
 
 import copy
 import csv
 import hashlib
+import ipaddress
 import json
 
 SERVICE_LABEL = "com.docker.compose.service"
@@ -210,6 +212,17 @@ def compose_stack_swarm_failed_updates(before, after):
             and status.get("StartedAt") != earlier.get(name, {}).get("StartedAt")]
 
 
+def compose_stack_invalid_cidrs(sources):
+    """The entries of a list that are not IPv4 networks ("192.0.2.0/24", "198.51.100.7")."""
+    invalid = []
+    for source in sources if isinstance(sources, list) else [sources]:
+        try:
+            ipaddress.IPv4Network(str(source), strict=False)
+        except ValueError:
+            invalid.append(source)
+    return invalid
+
+
 def _swarm_port(port, mode):
     """A compose port ("[address:]published:target") in Swarm's long syntax (no bind address)."""
     published, target = str(port).split(":")[-2:]
@@ -221,4 +234,5 @@ class FilterModule:
         return {"compose_stack_drift": compose_stack_drift, "compose_stack_start_order": compose_stack_start_order,
                 "compose_stack_rollout": compose_stack_rollout, "compose_stack_unconverged": compose_stack_unconverged,
                 "compose_stack_proxy_up": compose_stack_proxy_up, "compose_stack_swarm": compose_stack_swarm,
-                "compose_stack_swarm_failed_updates": compose_stack_swarm_failed_updates}
+                "compose_stack_swarm_failed_updates": compose_stack_swarm_failed_updates,
+                "compose_stack_invalid_cidrs": compose_stack_invalid_cidrs}
