@@ -12,6 +12,8 @@ APP_STACK ?= hitcounter
 up: toolchain kit
 	ansible-playbook playbooks/local.yml
 	ansible-playbook playbooks/site.yml -e app_stack=$(APP_STACK)
+	@echo "[up] $(APP_STACK) on staging-local: http://127.0.0.1:18000/"
+	@echo "[up] log in: ssh -p 2222 -i .cache/ssh/id_ed25519 -o UserKnownHostsFile=.cache/ssh/known_hosts deploy@127.0.0.1"
 
 ## down: remove the local staging host and its engine volume
 down: toolchain

@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 
 import pytest
 
@@ -46,6 +47,32 @@ def stack_vars(host):
     return host.ansible.get_variables()
 
 
+# dpkg's frontend lock held the way apt and unattended-upgrades hold it (a POSIX lock: flock
+# does not stop apt), for argv[1] seconds, with a file marking when it was taken and released.
+APT_LOCK_HOLDER = """
+import fcntl, sys, time
+lock = open('/var/lib/dpkg/lock-frontend', 'a')
+fcntl.lockf(lock, fcntl.LOCK_EX)
+open(sys.argv[2] + '.held', 'w').write(repr(time.time()))
+time.sleep(float(sys.argv[1]))
+open(sys.argv[2] + '.released', 'w').write(repr(time.time()))
+"""
+
+
+def hold_apt_lock(host, seconds, unit="apt-lock-holder"):
+    """Holds the host's dpkg lock for `seconds` in a transient systemd unit (as a first boot's
+    unattended-upgrades would) and returns once it is held; /run/<unit>.released records when it
+    let go. `systemctl stop <unit>` lets go early."""
+    marks = f"/run/{unit}"
+    host.check_output(f"rm -f {marks}.held {marks}.released && systemd-run --unit={unit} --collect "
+                      f"python3 -c {shlex.quote(APT_LOCK_HOLDER)} {seconds} {marks}")
+    deadline = time.monotonic() + 30
+    while not host.file(f"{marks}.held").exists:
+        assert time.monotonic() < deadline, f"{unit} did not take the dpkg lock"
+        time.sleep(0.2)
+    return marks
+
+
 def run_playbook(playbook, *args, inventory=None):
     """Run a playbook of this project against molecule's inventory (or `inventory`); returns (rc, output)."""
     cmd = ["ansible-playbook", "-i", inventory or os.environ["MOLECULE_INVENTORY_FILE"],
@@ -57,15 +84,12 @@ def run_playbook(playbook, *args, inventory=None):
 
 
 def failure_report(output, tail=3000):
-    """A failed playbook run, most telling first: each failed task with its message, then the
-    output's last lines (often container logs)."""
-    failures, task = [], None
+    """A failed playbook run, most telling first: each error with the task it names (Ansible
+    prints the task's file, line and name under it) and each failed result, then the output's
+    last lines (often container logs)."""
     lines = output.splitlines()
-    for number, line in enumerate(lines):
-        if line.startswith("TASK ["):
-            task = line.rstrip(" *")
-        elif re.match(r"(fatal|failed): \[", line) or line.startswith("[ERROR]"):
-            failures.append("\n".join([task or "(no task)", *lines[number:number + 12]]))
+    failures = ["\n".join(lines[number:number + 12]) for number, line in enumerate(lines)
+                if line.startswith("[ERROR]") or re.match(r"(fatal|failed): \[", line)]
     head = "\n\n".join(failures) if failures else "(no failed task in the output)"
     return f"FAILED TASKS:\n{head}\n\nLAST LINES:\n{output[-tail:]}"
 

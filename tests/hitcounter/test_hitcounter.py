@@ -1,7 +1,11 @@
 """The hit counter on a staging host: containers and limits, counting, concurrency, supervisor,
 crash drills and a staging-host reboot. Expected values come from the scenario's variables."""
 
+import os
+import subprocess
+
 import pytest
+import yaml
 
 from conftest import container_name
 from stack import (assert_limits, assert_supervisor_restarts_gunicorn, container_env, crash_and_wait_for_restart,
@@ -104,7 +108,33 @@ def test_counter_survives_a_graceful_redis_restart(host, stack_vars, page_url):
     wait_for("the page to count again", lambda: http_get(host, page_url)[0] == 200, 15)
 
 
-def test_engine_and_stack_come_back_after_a_staging_host_reboot(host, stack_vars, page_url):
+def client_connects(stack_vars, client, port):
+    """Whether a client machine at `client` on the staging network (a container on this
+    machine, like another VM) gets an HTTP answer from the staging host's `port`: True, or curl's
+    exit code (7: refused, 28: no answer within 3 s)."""
+    with open(os.environ["MOLECULE_FILE"], encoding="utf-8") as handle:
+        network = yaml.safe_load(handle)["platforms"][0]["networks"][0]
+    url = f"http://{network['ipv4_address']}:{port}/"
+    proc = subprocess.run(["docker", "run", "--rm", "--network", network["name"], "--ip", client, "--entrypoint", "curl",
+                           "staging-host:kit", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3", url],
+                          capture_output=True, text=True)
+    return proc.returncode == 0 and proc.stdout == "200" or proc.returncode
+
+
+def assert_entry_firewalled(stack_vars):
+    """An allowed client gets the page, one outside compose_stack_allowed_sources gets no
+    connection, and Redis's port answers nobody (it is not published)."""
+    allowed, outside = stack_vars["firewall_test_clients"]["allowed"], stack_vars["firewall_test_clients"]["outside"]
+    assert client_connects(stack_vars, allowed, stack_vars["hitcounter_port"]) is True
+    assert client_connects(stack_vars, outside, stack_vars["hitcounter_port"]) == 28, "a client outside the allowed range connected"
+    assert client_connects(stack_vars, allowed, stack_vars["hitcounter_redis_port"]) == 7, "Redis is reachable from the network"
+
+
+def test_entry_port_answers_only_the_allowed_sources(stack_vars):
+    assert_entry_firewalled(stack_vars)
+
+
+def test_engine_stack_and_firewall_come_back_after_a_staging_host_reboot(host, stack_vars, page_url):
     count = page_count(host, page_url)
     reboot_staging_host(host, container_name(host))
     wait_healthy(host, REDIS, 120)
@@ -112,3 +142,4 @@ def test_engine_and_stack_come_back_after_a_staging_host_reboot(host, stack_vars
     wait_until_the_proxy_routes(host, "hitcounter")
     assert hits_in_redis(host, stack_vars) == count
     assert page_count(host, page_url) == count + 1
+    assert_entry_firewalled(stack_vars)

@@ -11,7 +11,7 @@ import pytest
 import testinfra
 
 from conftest import changed_tasks, failure_report, recap_changed, run_playbook
-from stack import container_env, http, inspect, page_count, post_user, replicas
+from stack import container_env, http, inspect, page_count, post_user, replicas, wait_for
 
 HITS = "http://127.0.0.1:8000/"
 API = "http://127.0.0.1:8000"
@@ -102,6 +102,11 @@ def test_stopped_containers_are_reported_by_check_mode_then_started(counter_host
     before = hits(counter_host)
     ids = container_ids(counter_host, "hitcounter")
     counter_host.check_output("docker stop hitcounter-web-1 hitcounter-redis-1")
+    # The replica left running fails its health check without Redis: the repair must wait for it
+    # to recover once Redis is back (compose up --wait alone gives up on an unhealthy container).
+    running = [name for name in replicas(counter_host, "hitcounter") if name != "hitcounter-web-1"]
+    wait_for("the running replica to fail its health check", lambda: all(
+        inspect(counter_host, name)["State"]["Health"]["Status"] == "unhealthy" for name in running), 60)
 
     output = playbook("site.yml", "--check", "--diff", "--limit", "staging-1")
     assert changed_tasks(output) == ["compose_stack : Report what a real run would start, create or recreate "

@@ -94,10 +94,13 @@ def compose_stack_unconverged(objects, compose, config_hashes, release_label):
 def compose_stack_rollout(containers, label, release):
     """IDs of the running replicas of another release (outdated: their `label` differs from
     `release`), of the stopped ones, and of those of the desired release (all_current, any
-    state), with the addresses of the running ones (current_addresses)."""
-    plan = {"outdated": [], "stopped": [], "all_current": [], "current_addresses": []}
+    state), with the addresses of the running ones (current_addresses), and the running ones
+    whose health check fails (unhealthy: compose up --wait gives up on them at once)."""
+    plan = {"outdated": [], "stopped": [], "all_current": [], "current_addresses": [], "unhealthy": []}
     for container in containers:
         running = container["State"] == "running"
+        if running and "(unhealthy)" in container.get("Status", ""):
+            plan["unhealthy"].append(container["Id"])
         current = container["Labels"].get(label) == release
         if current:
             plan["all_current"].append(container["Id"])
