@@ -35,7 +35,8 @@ molecule: toolchain kit
 ## bench: every benchmark (figures only, no assertions); BENCH_SECONDS=5 for a short run
 bench: bench-engine bench-hitcounter bench-users bench-reprovision bench-swarm
 
-## bench-engine: cold install vs bare apt, and the no-op re-run, on fresh staging hosts
+## bench-engine: over SSH on fresh staging hosts: bare apt floor, docker_engine and site.yml cold and
+## no-op, the archive copy, Mitogen's no-op, and the no-op of a fleet of 1, 2, 4 (batch 1 and N)
 bench-engine: toolchain kit
 	scripts/bench-engine
 
