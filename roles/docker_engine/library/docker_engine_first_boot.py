@@ -46,6 +46,8 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
+LOCKS = ["/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock", "/var/cache/apt/archives/lock"]
+
 
 def held(path):
     """True if another process holds a POSIX lock on path (apt's way: fcntl F_SETLK)."""
@@ -88,9 +90,7 @@ def holder(path):
 def main():
     module = AnsibleModule(
         argument_spec={"timeout": {"type": "int", "required": True},
-                       "locks": {"type": "list", "elements": "path",
-                                 "default": ["/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock",
-                                             "/var/lib/apt/lists/lock", "/var/cache/apt/archives/lock"]},
+                       "locks": {"type": "list", "elements": "path", "default": LOCKS},
                        "probe": {"type": "str", "default": ""}},
         supports_check_mode=True)
     timeout, started = module.params["timeout"], time.monotonic()
