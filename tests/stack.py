@@ -20,6 +20,20 @@ def inspect(host, container):
     return json.loads(host.check_output(f"docker inspect {container}"))[0]
 
 
+def container_exec(host, container, command):
+    """stdout of `command` (a shell string) run in a running container. Retried when runc reports
+    that the exec never started ("OCI runtime exec failed ... read init-p: connection reset by
+    peer", seen once on a busy CI machine): the command did not run, so a retry is safe. Any other
+    failure, or a non-zero exit of the command itself, fails at once."""
+    for attempt in range(3):
+        result = host.run(f"docker exec {container} sh -c {shlex.quote(command)}")
+        if "OCI runtime exec failed" not in result.stdout + result.stderr:
+            break
+        time.sleep(0.5)
+    assert result.rc == 0, f"docker exec {container} {command} exited {result.rc}: {result.stdout}{result.stderr}"
+    return result.stdout.strip()
+
+
 def container_env(host, container):
     """The environment a container runs with, as a dict."""
     return dict(item.split("=", 1) for item in inspect(host, container)["Config"]["Env"])
@@ -94,7 +108,7 @@ def supervisor_status(host, container):
     """(name, state, pid) of gunicorn from `supervisorctl status` in the container. supervisord
     runs inside the container, out of reach of testinfra's supervisor module, so its status
     line is read here: "gunicorn RUNNING pid 7, uptime 0:01:02"."""
-    line = host.check_output(f"docker exec {container} supervisorctl -c /etc/wsgi/supervisord.conf status gunicorn")
+    line = container_exec(host, container, "supervisorctl -c /etc/wsgi/supervisord.conf status gunicorn")
     name, state, *rest = line.split()
     pid = int(rest[1].rstrip(",")) if state == "RUNNING" else None
     return name, state, pid
@@ -102,7 +116,7 @@ def supervisor_status(host, container):
 
 def kill_in_container(host, container, pid):
     # The slim python image has no kill binary; the shell's builtin does it.
-    host.check_output(f"docker exec {container} sh -c 'kill -9 {pid}'")
+    container_exec(host, container, f"kill -9 {pid}")
 
 
 def assert_supervisor_restarts_gunicorn(host, container, url):

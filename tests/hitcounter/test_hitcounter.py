@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import container_name
-from stack import (assert_limits, assert_supervisor_restarts_gunicorn, container_env, crash_and_wait_for_restart,
+from stack import (assert_limits, assert_supervisor_restarts_gunicorn, container_env, container_exec, crash_and_wait_for_restart,
                    http_get, inspect, kill_in_container, page_count, reboot_staging_host, supervisor_status, wait_for,
                    wait_healthy, wait_until_the_proxy_routes)
 
@@ -22,15 +22,13 @@ def page_url(stack_vars):
 
 
 def hits_in_redis(host, stack_vars):
-    return int(host.check_output(
-        f"docker exec {REDIS} redis-cli -p {stack_vars['hitcounter_redis_port']} get hits") or 0)
+    return int(container_exec(host, REDIS, f"redis-cli -p {stack_vars['hitcounter_redis_port']} get hits") or 0)
 
 
 def gunicorn_workers(host, master_pid):
     """PIDs (in the container) of the gunicorn master's children. One read of the kernel's own
     list: scanning /proc races with processes that exit between listing and reading."""
-    return set(host.check_output(
-        f"docker exec {WEB} cat /proc/{master_pid}/task/{master_pid}/children").split())
+    return set(container_exec(host, WEB, f"cat /proc/{master_pid}/task/{master_pid}/children").split())
 
 
 def test_containers_run_with_the_configured_policy_and_limits(host, stack_vars):

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import container_name, recap_changed, run_playbook
-from stack import (assert_limits, assert_supervisor_restarts_gunicorn, container_env, crash_and_wait_for_restart, http,
+from stack import (assert_limits, assert_supervisor_restarts_gunicorn, container_env, container_exec, crash_and_wait_for_restart, http,
                    inspect, post_user, reboot_staging_host, supervisor_status, wait_for, wait_healthy,
                    wait_until_the_proxy_routes)
 
@@ -21,7 +21,7 @@ def api(stack_vars):
 
 
 def rows(host):
-    return int(host.check_output(f"docker exec {DB} psql -U users -d users -tAc 'SELECT count(*) FROM users'"))
+    return int(container_exec(host, DB, "psql -U users -d users -tAc 'SELECT count(*) FROM users'"))
 
 
 def test_containers_run_with_the_configured_policy_and_limits(host, stack_vars):

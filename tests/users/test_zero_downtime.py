@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import failure_report, recap_changed, run_playbook
-from stack import PacedLoad, assert_quick_json_503_while_down, replicas
+from stack import PacedLoad, assert_quick_json_503_while_down, container_exec, replicas
 
 DB = "users-db-1"
 # A steady writer on the staging host: one POST /users every 0.1 s until /root/writer.stop exists;
@@ -49,8 +49,8 @@ def test_rollout_loses_no_request_and_no_acknowledged_row(host, api):
     assert not set(replicas(host, "users")) & set(old), "the old replicas still run"
     # Every acknowledged row is stored, with its name (one query: a request per row took minutes).
     acknowledged = {user["id"]: user["name"] for user in map(json.loads, bodies)}
-    stored = host.check_output(f"docker exec {DB} psql -U users -d users -tA -F '|' -c "
-                               f"'SELECT id, name FROM users WHERE id IN ({', '.join(map(str, acknowledged))})'")
+    stored = container_exec(host, DB, "psql -U users -d users -tA -F '|' -c "
+                            f"'SELECT id, name FROM users WHERE id IN ({', '.join(map(str, acknowledged))})'")
     assert {int(row.split("|", 1)[0]): row.split("|", 1)[1] for row in stored.splitlines()} == acknowledged
 
     playbook()
