@@ -3,8 +3,8 @@ total, spread over THREADS threads on a fixed schedule, each request on a new co
 STOP_FILE exists. Unlike wrk, a refused connection does not turn into a burst of retries, so
 failed / total is the share of requests a steady client would have seen fail.
 Prints one JSON line: total, failed, first/last failure (s since start), error kinds, the
-longest gap between two answered requests (s) and the slowest failed request (ms: how long a
-client waited for its error).
+longest gap between two answered requests (s), the slowest failed request (ms: how long a
+client waited for its error) and the p99 and slowest latency of the answered requests (ms).
 Usage: python3 paced-load.py URL RATE THREADS STOP_FILE"""
 
 import collections
@@ -18,7 +18,7 @@ import urllib.request
 url, rate, threads, stop_file = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 started = time.monotonic()
 lock = threading.Lock()
-total, failures, answered, slowest_failure, kinds = 0, [], [], 0.0, collections.Counter()
+total, failures, answered, latencies, slowest_failure, kinds = 0, [], [], [], 0.0, collections.Counter()
 
 
 def client(offset):
@@ -43,6 +43,7 @@ def client(offset):
                 kinds[error] += 1
             else:
                 answered.append(done)
+                latencies.append(done - sent)
 
 
 workers = [threading.Thread(target=client, args=(n,)) for n in range(threads)]
@@ -51,8 +52,11 @@ for worker in workers:
 for worker in workers:
     worker.join()
 answered.sort()
+latencies.sort()
 print(json.dumps({"total": total, "failed": len(failures), "seconds": round(time.monotonic() - started, 1),
                   "first_failure": round(min(failures), 2) if failures else None,
                   "last_failure": round(max(failures), 2) if failures else None, "errors": dict(kinds),
                   "longest_gap": round(max((b - a for a, b in zip(answered, answered[1:])), default=0.0), 2),
-                  "slowest_failure_ms": round(1000 * slowest_failure)}))
+                  "slowest_failure_ms": round(1000 * slowest_failure),
+                  "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))]) if latencies else None,
+                  "slowest_ms": round(1000 * latencies[-1]) if latencies else None}))
