@@ -91,21 +91,38 @@ def test_unknown_routes_and_methods_get_json_errors(client, method, path, status
     assert response.is_json and response.get_json()["error"]
 
 
-def test_healthz_checks_redis(client, redis_server):
-    assert client.get("/healthz").get_json() == {"status": "ok"}
+@pytest.fixture
+def waiting_client(redis_server):
+    """The app with a 2 s wait for Redis (WAIT_SECONDS_REDIS)."""
+    return load_app_module().create_app({"HOST_REDIS": "127.0.0.1", "PORT_REDIS": str(redis_server.port),
+                                         "WAIT_SECONDS_REDIS": "2"}).test_client()
+
+
+def test_healthz_checks_redis(waiting_client, redis_server):
+    assert waiting_client.get("/healthz").get_json() == {"status": "ok"}
     redis_server.stop()
-    response = client.get("/healthz")
+    response = waiting_client.get("/healthz")
     assert response.status_code == 503 and response.get_json()["error"] == "redis unavailable"
 
 
-def test_redis_outage_is_a_json_503_and_the_app_recovers(client, redis_server):
-    assert hits(client.get("/")) == 1
+def test_a_redis_restart_within_the_wait_costs_latency_not_errors(waiting_client, redis_server):
+    assert hits(waiting_client.get("/")) == 1
+    redis_server.stop()
+    threading.Timer(0.8, redis_server.start).start()
+    started = time.monotonic()
+    during = waiting_client.get("/", headers={"X-Request-ID": "during"})
+    assert during.status_code == 200
+    assert 0.5 < time.monotonic() - started < 2.5
+    assert hits(during) == 1  # same port, empty data (no persistence in this test)
+
+
+def test_redis_outage_past_the_wait_is_a_json_503_and_the_app_recovers(waiting_client, redis_server):
+    assert hits(waiting_client.get("/")) == 1
     redis_server.stop()
     started = time.monotonic()
-    down = client.get("/")
-    # A quick answer (no retries with backoff in the app; the proxy retries on other replicas).
-    assert time.monotonic() - started < 1.0
+    down = waiting_client.get("/")
+    assert 1.5 < time.monotonic() - started < 3.0  # the 2 s wait, then at once
     assert down.status_code == 503
     assert down.get_json() == {"error": "redis unavailable", "detail": "ConnectionError"}
     redis_server.start()  # same port, empty data (no persistence in this test)
-    assert hits(client.get("/")) == 1
+    assert hits(waiting_client.get("/")) == 1

@@ -4,11 +4,16 @@ Behind the entry proxy every request carries a unique X-Request-ID, which stays 
 proxy resends a request to another replica (one that died mid-request, say): the increment and
 its answer are then recorded under that ID for a while, so a resent request counts once.
 
-Config comes only from the environment: HOST_REDIS, PORT_REDIS, DB_REDIS, and the password
-from PASSWORD_FILE_REDIS (a file, so it never shows in `docker inspect`) or PASSWORD_REDIS.
+While Redis restarts (or reloads its append-only file after a crash), a request waits for it for
+up to WAIT_SECONDS_REDIS, then answers a JSON 503; the request ID makes the retried INCR count once.
+
+Config comes only from the environment: HOST_REDIS, PORT_REDIS, DB_REDIS, WAIT_SECONDS_REDIS, and
+the password from PASSWORD_FILE_REDIS (a file, so it never shows in `docker inspect`) or PASSWORD_REDIS.
 """
 
 import os
+import time
+import uuid
 
 import redis
 from redis.backoff import NoBackoff
@@ -46,23 +51,37 @@ def create_app(env=os.environ):
         password=redis_password(env),
         socket_connect_timeout=1,
         socket_timeout=2,
-        # No retries here (redis-py retries 3 times with backoff by default: a 503 took 3.7 s):
-        # the app answers 503 at once and the entry proxy resends to another replica.
+        # redis-py's own retries count attempts (3, with backoff); the wait below is bounded in time.
         retry=Retry(NoBackoff(), 0),
     )
-
+    wait_seconds = float(env.get("WAIT_SECONDS_REDIS", "5"))
     incr_once = client.register_script(INCR_ONCE)
+
+    def with_redis(command):
+        """command(), retried while Redis cannot answer (refused, timed out, still loading its data)
+        for up to wait_seconds; then the error goes on to the JSON 503."""
+        deadline, delay = time.monotonic() + wait_seconds, 0.05
+        while True:
+            try:
+                return command()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                if time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(2 * delay, 0.5)
 
     @app.get("/")
     def hello():
-        # INCR returns the new value atomically: no INCR-then-GET race across workers.
-        request_id = request.headers.get("X-Request-ID")
-        hits = incr_once(keys=["hits", f"hits:request:{request_id}"], args=[REQUEST_ID_SECONDS]) if request_id else client.incr("hits")
+        # INCR returns the new value atomically: no INCR-then-GET race across workers. Without the
+        # proxy's ID, a fresh one still makes a retry after a lost answer count once.
+        request_id = request.headers.get("X-Request-ID") or f"new:{uuid.uuid4()}"
+        hits = with_redis(lambda: incr_once(keys=["hits", f"hits:request:{request_id}"], args=[REQUEST_ID_SECONDS]))
         return f"Hello World! {hits} times.", 200, {"Content-Type": "text/plain; charset=utf-8"}
 
     @app.get("/healthz")
     def healthz():
-        client.ping()
+        # Waits like any request: the proxy's check timeout is sized for it (compose_stack_proxy.wait_seconds).
+        with_redis(client.ping)
         return jsonify(status="ok")
 
     @app.errorhandler(redis.exceptions.RedisError)
