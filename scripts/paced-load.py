@@ -1,11 +1,12 @@
 """Paced HTTP load (stdlib only; runs inside the staging host): RATE GET requests per second in
 total, spread over THREADS threads on a fixed schedule, each request on a new connection, until
-STOP_FILE exists. Unlike wrk, a refused connection does not turn into a burst of retries, so
+STOP_FILE exists. With NAME_PREFIX, each request is instead a POST of {"name": NAME_PREFIX-<n>}
+(a new name each) that counts as answered on a 201. Unlike wrk, a refused connection does not turn into a burst of retries, so
 failed / total is the share of requests a steady client would have seen fail.
 Prints one JSON line: total, failed, first/last failure (s since start), error kinds, the
 longest gap between two answered requests (s), the slowest failed request (ms: how long a
 client waited for its error) and the p99 and slowest latency of the answered requests (ms).
-Usage: python3 paced-load.py URL RATE THREADS STOP_FILE"""
+Usage: python3 paced-load.py URL RATE THREADS STOP_FILE [NAME_PREFIX]"""
 
 import collections
 import json
@@ -16,6 +17,7 @@ import time
 import urllib.request
 
 url, rate, threads, stop_file = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+name_prefix = sys.argv[5] if len(sys.argv) > 5 else None
 started = time.monotonic()
 lock = threading.Lock()
 total, failures, answered, latencies, slowest_failure, kinds = 0, [], [], [], 0.0, collections.Counter()
@@ -25,13 +27,20 @@ def client(offset):
     global total, slowest_failure
     interval = threads / rate
     due = started + offset * interval / threads
+    sent_count = 0
     while not os.path.exists(stop_file):
         time.sleep(max(0.0, due - time.monotonic()))
         due += interval
+        sent_count += 1
+        request, expected = url, 200
+        if name_prefix:
+            body = json.dumps({"name": f"{name_prefix}-{offset}-{sent_count}"}).encode()
+            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            expected = 201
         sent = time.monotonic()
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                error = None if response.status == 200 else f"HTTP {response.status}"
+            with urllib.request.urlopen(request, timeout=10) as response:
+                error = None if response.status == expected else f"HTTP {response.status}"
         except Exception as exc:  # refused, reset, timeout, HTTP error: all count as failed
             error = getattr(exc, "code", None) and f"HTTP {exc.code}" or type(exc).__name__
         done = time.monotonic()

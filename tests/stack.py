@@ -34,6 +34,15 @@ def container_exec(host, container, command):
     return result.stdout.strip()
 
 
+def assert_published_by_nat(host, project, stack_vars):
+    """The entry proxy's port is published on the stack's bind address, as kernel NAT: with
+    userland-proxy off no process listens there (the HTTP checks show that it answers)."""
+    port = stack_vars[f"{project}_port"]
+    bindings = inspect(host, f"{project}-proxy-1")["NetworkSettings"]["Ports"]["8000/tcp"]
+    assert bindings == [{"HostIp": stack_vars.get(f"{project}_bind_address", "127.0.0.1"), "HostPort": str(port)}], bindings
+    assert not host.socket(f"tcp://0.0.0.0:{port}").is_listening and not host.process.filter(comm="docker-proxy")
+
+
 def container_env(host, container):
     """The environment a container runs with, as a dict."""
     return dict(item.split("=", 1) for item in inspect(host, container)["Config"]["Env"])
@@ -50,9 +59,10 @@ def wait_for(what, check, timeout, interval=0.5):
         time.sleep(interval)
 
 
-def http(host, url, method="GET", body=None, content_type="application/json"):
+def http(host, url, method="GET", body=None, content_type="application/json", headers=None):
     """(status, body) of a request sent from the staging host itself."""
-    command = f"curl -s --max-time 5 -X {method} -w '\\n%{{http_code}}'"
+    command = f"curl -s --max-time 15 -X {method} -w '\\n%{{http_code}}'"
+    command += "".join(f" -H {shlex.quote(f'{name}: {value}')}" for name, value in (headers or {}).items())
     if body is not None:
         command = f"printf %s {shlex.quote(body)} | {command} -H 'Content-Type: {content_type}' --data-binary @-"
     result = host.run(f"{command} {shlex.quote(url)}")
@@ -198,15 +208,16 @@ class PacedLoad:
 
     SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "paced-load.py")
 
-    def __init__(self, host, url, rate=50, threads=8):
+    def __init__(self, host, url, rate=50, threads=8, name_prefix=""):
         self.host, self.url, self.rate, self.threads, self.result = host, url, rate, threads, None
+        self.name_prefix = name_prefix  # POST /users of a new name each (scripts/paced-load.py)
 
     def __enter__(self):
         with open(self.SCRIPT, encoding="utf-8") as handle:
             script = handle.read()
         self.host.check_output(f"cat > /root/paced-load.py <<'EOF'\n{script}\nEOF\nrm -f /root/paced-load.stop /root/paced-load.json")
         self.host.check_output(f"setsid nohup python3 /root/paced-load.py {shlex.quote(self.url)} {self.rate} {self.threads} "
-                               "/root/paced-load.stop >/root/paced-load.json 2>&1 </dev/null &")
+                               f"/root/paced-load.stop {shlex.quote(self.name_prefix)} >/root/paced-load.json 2>&1 </dev/null &")
         time.sleep(2)
         return self
 

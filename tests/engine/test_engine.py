@@ -1,5 +1,6 @@
 """The docker_engine role on a staging host: service, compose, daemon options, users, a real
-published container with a memory limit, and live-restore across an engine restart."""
+published container with a memory limit, live-restore across an engine restart, and the effect of
+each CIS default (icc off, no-new-privileges, userland-proxy off)."""
 
 import re
 
@@ -27,6 +28,7 @@ def test_daemon_json_options_are_in_effect(host):
     assert host.file("/etc/docker/daemon.json").mode == 0o644
     assert host.check_output("docker info --format '{{.LoggingDriver}}'") == "json-file"
     assert host.check_output("docker info --format '{{.LiveRestoreEnabled}}'") == "true"
+    assert "name=no-new-privileges" in host.check_output("docker info --format '{{json .SecurityOptions}}'")
 
 
 def test_dockerd_runs_with_the_configured_environment(host):
@@ -58,8 +60,41 @@ def test_published_container_with_memory_limit_answers(host, probe_container):
     state = inspect(host, probe_container)
     assert state["State"]["Running"]
     assert state["HostConfig"]["Memory"] == 128 * 1024 * 1024
-    assert host.socket(f"tcp://127.0.0.1:{PROBE_PORT}").is_listening
     assert probe_page(host).strip() == "probe-web ok"
+
+
+def test_userland_proxy_off_publishes_by_kernel_nat_for_local_clients_too(host, probe_container):
+    """CIS 2.16: no docker-proxy process and no socket on the published port, yet a client on the
+    host's loopback gets the page (DNAT in the OUTPUT chain)."""
+    assert not host.process.filter(comm="docker-proxy")
+    assert not host.socket(f"tcp://127.0.0.1:{PROBE_PORT}").is_listening
+    assert probe_page(host).strip() == "probe-web ok"
+
+
+def busybox(host, args, network="bridge"):
+    """A throwaway container of the probe image running busybox `args` (its exit code and output)."""
+    return host.run(f"docker run --rm --network {network} --entrypoint /bin/busybox {PROBE_IMAGE} {args}")
+
+
+def test_icc_off_isolates_containers_on_the_default_bridge_only(host, probe_container):
+    """CIS 2.2: a container on the default bridge cannot reach another one there; on a
+    user-defined network (every compose stack's) it can."""
+    target = inspect(host, probe_container)["NetworkSettings"]["Networks"]["bridge"]["IPAddress"]
+    assert busybox(host, f"wget -q -T 3 -O - http://{target}:8080/").rc != 0
+    host.run("docker rm -f icc-peer; docker network rm icc-check")
+    host.check_output("docker network create icc-check")
+    try:
+        host.check_output(f"docker run -d --name icc-peer --network icc-check {PROBE_IMAGE}")
+        reached = wait_for("a peer on a user-defined network", lambda: (
+            result := busybox(host, "wget -q -T 3 -O - http://icc-peer:8080/", "icc-check")).rc == 0 and result.stdout, 15)
+        assert reached.strip() == "probe-web ok"
+    finally:
+        host.run("docker rm -f icc-peer; docker network rm icc-check")
+
+
+def test_no_new_privileges_is_the_default_for_every_container(host):
+    """CIS 2.14: a container started without any security option runs with no_new_privs set."""
+    assert re.search(r"^NoNewPrivs:\s+1$", busybox(host, "grep NoNewPrivs /proc/self/status").stdout, re.M)
 
 
 def test_container_survives_engine_restart(host, probe_container):

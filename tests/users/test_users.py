@@ -6,7 +6,7 @@ import json
 import pytest
 
 from conftest import container_name, recap_changed, run_playbook
-from stack import (assert_limits, assert_supervisor_restarts_gunicorn, container_env, container_exec, crash_and_wait_for_restart, http,
+from stack import (assert_limits, assert_published_by_nat, assert_supervisor_restarts_gunicorn, container_env, container_exec, crash_and_wait_for_restart, http,
                    inspect, post_user, reboot_staging_host, supervisor_status, wait_for, wait_healthy,
                    wait_until_the_proxy_routes)
 
@@ -50,7 +50,8 @@ def test_password_is_not_visible_in_inspect_compose_env_or_logs(host):
 
 
 def test_web_port_is_published_and_the_database_port_is_not(host, stack_vars):
-    assert host.socket(f"tcp://0.0.0.0:{stack_vars['users_port']}").is_listening
+    assert_published_by_nat(host, "users", stack_vars)
+    assert http(host, f"http://127.0.0.1:{stack_vars['users_port']}/healthz")[0] == 200
     assert not any(binding for binding in (inspect(host, DB)["NetworkSettings"]["Ports"] or {}).values())
     listening = host.socket.get_listening_sockets()
     assert not [socket for socket in listening if socket.endswith(":5432")], listening
