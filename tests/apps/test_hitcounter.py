@@ -126,3 +126,21 @@ def test_redis_outage_past_the_wait_is_a_json_503_and_the_app_recovers(waiting_c
     assert down.get_json() == {"error": "redis unavailable", "detail": "ConnectionError"}
     redis_server.start()  # same port, empty data (no persistence in this test)
     assert hits(waiting_client.get("/")) == 1
+
+
+def test_a_resend_waits_only_what_is_left_of_the_bound(waiting_client, redis_server):
+    """The proxy stamps X-Request-Start once: a resend 1.5 s into a 2 s wait waits 0.5 s more."""
+    assert hits(waiting_client.get("/")) == 1
+    redis_server.stop()
+    started = time.monotonic()
+    response = waiting_client.get("/", headers={"X-Request-Start": f"t={int((time.time() - 1.5) * 1e6)}"})
+    assert response.status_code == 503 and 0.3 < time.monotonic() - started < 1.2
+
+
+def test_a_redis_never_reached_is_a_quick_json_503(redis_server):
+    """A wrong address is a configuration error, not a restart: no wait (the proxy resends the
+    503 to a replica that works, and the rollout's health gate sees it at once)."""
+    client = load_app_module().create_app({"HOST_REDIS": "127.0.0.1", "PORT_REDIS": "1"}).test_client()
+    started = time.monotonic()
+    response = client.get("/")
+    assert response.status_code == 503 and time.monotonic() - started < 1.0

@@ -229,6 +229,25 @@ def test_database_outage_past_the_wait_is_a_json_503_and_the_api_recovers(client
     assert [user["name"] for user in client.get("/users").get_json()["users"]] == ["before"]
 
 
+def test_a_resend_waits_only_what_is_left_of_the_bound(client, postgres_server):
+    """The proxy stamps X-Request-Start once: a resend 1.5 s into a 2 s wait waits 0.5 s more."""
+    assert client.get("/healthz").status_code == 200
+    postgres_server.stop()
+    started = time.monotonic()
+    response = client.get("/users", headers={"X-Request-Start": f"t={int((time.time() - 1.5) * 1e6)}"})
+    assert response.status_code == 503 and 0.3 < time.monotonic() - started < 1.2
+
+
+def test_a_database_never_reached_is_a_quick_json_503(postgres_server):
+    """A wrong address is a configuration error, not a restart: no wait (the proxy resends the
+    503 to a replica that works, and the rollout's health gate sees it at once)."""
+    module = load_app_module()
+    client = module.create_app(dict(postgres_server.env, DB_PORT="1", DB_WAIT_SECONDS="5")).test_client()
+    started = time.monotonic()
+    response = client.post("/users", json={"name": "nowhere"})
+    assert response.status_code == 503 and time.monotonic() - started < 1.0
+
+
 def test_without_pre_ping_a_database_restart_costs_no_error_either(postgres_server):
     """DB_POOL_PRE_PING=0 saves a round trip per request; the first request on a connection the
     restart closed finds it invalidated and is retried on a new one."""

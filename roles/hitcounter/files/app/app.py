@@ -5,13 +5,15 @@ proxy resends a request to another replica (one that died mid-request, say): the
 its answer are then recorded under that ID for a while, so a resent request counts once.
 
 While Redis restarts (or reloads its append-only file after a crash), a request waits for it for
-up to WAIT_SECONDS_REDIS, then answers a JSON 503; the request ID makes the retried INCR count once.
+up to WAIT_SECONDS_REDIS after the proxy received it, then answers a JSON 503; the request ID makes
+the retried INCR count once.
 
 Config comes only from the environment: HOST_REDIS, PORT_REDIS, DB_REDIS, WAIT_SECONDS_REDIS, and
 the password from PASSWORD_FILE_REDIS (a file, so it never shows in `docker inspect`) or PASSWORD_REDIS.
 """
 
 import os
+import threading
 import time
 import uuid
 
@@ -42,6 +44,15 @@ return hits
 REQUEST_ID_SECONDS = 60
 
 
+def wait_deadline(wait_seconds):
+    """time.monotonic() by which this request stops waiting for Redis: wait_seconds after the
+    entry proxy received it (X-Request-Start: t=<microseconds>, stamped once, so the proxy's
+    resends to other replicas share the bound instead of each waiting again), else from now."""
+    stamp = request.headers.get("X-Request-Start", "").removeprefix("t=")
+    waited = time.time() - int(stamp) / 1e6 if stamp.isdigit() else 0.0
+    return time.monotonic() + wait_seconds - min(max(waited, 0.0), wait_seconds)
+
+
 def create_app(env=os.environ):
     app = Flask(__name__)
     client = redis.Redis(
@@ -55,17 +66,21 @@ def create_app(env=os.environ):
         retry=Retry(NoBackoff(), 0),
     )
     wait_seconds = float(env.get("WAIT_SECONDS_REDIS", "5"))
+    reached = threading.Event()  # this process has reached Redis once
     incr_once = client.register_script(INCR_ONCE)
 
     def with_redis(command):
-        """command(), retried while Redis cannot answer (refused, timed out, still loading its data)
-        for up to wait_seconds; then the error goes on to the JSON 503."""
-        deadline, delay = time.monotonic() + wait_seconds, 0.05
+        """command(), retried while a Redis this process has reached before cannot answer
+        (refused, timed out, still loading its data) until wait_deadline(); then the error goes
+        on to the JSON 503. One never reached (a wrong address, say) gets that 503 at once."""
+        deadline, delay = wait_deadline(wait_seconds), 0.05
         while True:
             try:
-                return command()
+                result = command()
+                reached.set()
+                return result
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                if time.monotonic() + delay > deadline:
+                if not reached.is_set() or time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)
             delay = min(2 * delay, 0.5)

@@ -127,6 +127,15 @@ def parse_new_user():
     return name
 
 
+def wait_deadline(wait_seconds):
+    """time.monotonic() by which this request stops waiting for the database: wait_seconds after
+    the entry proxy received it (X-Request-Start: t=<microseconds>, stamped once, so the proxy's
+    resends to other replicas share the bound instead of each waiting again), else from now."""
+    stamp = request.headers.get("X-Request-Start", "").removeprefix("t=")
+    waited = time.time() - int(stamp) / 1e6 if stamp.isdigit() else 0.0
+    return time.monotonic() + wait_seconds - min(max(waited, 0.0), wait_seconds)
+
+
 def request_key(env):
     """(key, seconds to keep it) of this POST: the client's Idempotency-Key (a plain token or a
     quoted string, as in the IETF draft), else the proxy's X-Request-ID, else a fresh one (which
@@ -196,22 +205,26 @@ def create_app(env=os.environ):
     app.config["MAX_CONTENT_LENGTH"] = int(env.get("MAX_BODY_BYTES", "4096"))
     engine = make_engine(env)
     wait_seconds = float(env.get("DB_WAIT_SECONDS", "5"))
+    reached = threading.Event()  # this process has reached the database once
     threading.Thread(target=clean_expired_keys, args=(engine, CLEANUP_EVERY_SECONDS), daemon=True).start()
 
     def in_transaction(work):
-        """work(connection) in a transaction, committed. While the database cannot be reached
-        (restarting, recovering from a crash), the whole unit is retried for up to wait_seconds;
-        then the error goes on to the JSON 503. Safe for POST: its key makes it happen once."""
-        deadline, delay = time.monotonic() + wait_seconds, 0.05
+        """work(connection) in a transaction, committed. While a database this process has
+        reached before cannot be reached (restarting, recovering from a crash), the whole unit
+        is retried until wait_deadline(); then the error goes on to the JSON 503. One that was
+        never reached (a wrong address, say) gets that 503 at once. Safe for POST: its key makes
+        it happen once."""
+        deadline, delay = wait_deadline(wait_seconds), 0.05
         while True:
             try:
                 with engine.connect() as connection:
                     result = work(connection)
                     connection.commit()
-                    return result
+                reached.set()
+                return result
             except DBAPIError as error:
                 if not (isinstance(error, OperationalError) or error.connection_invalidated) \
-                        or time.monotonic() + delay > deadline:
+                        or not reached.is_set() or time.monotonic() + delay > deadline:
                     raise
             time.sleep(delay)
             delay = min(2 * delay, 0.5)
