@@ -43,8 +43,8 @@ class StagingHost:
         # No published ports but its sshd (the load runs inside the host), so it can run beside `make up`'s host.
         self.playbook("playbooks/local.yml", "-e", f"staging_host_name={self.name}", "-e", f"staging_host_ssh_port={self.port}",
                       "-e", '{"staging_host_ports": []}', "-e", f"staging_host_network={self.network}")
-        # Loads go to the host's own address, as a client on the network would: published ports
-        # there are DNAT in the kernel; 127.0.0.1 goes through dockerd's userland docker-proxy.
+        # Loads go to the host's own address, as a client on the network would. Published ports
+        # are DNAT in the kernel there and at 127.0.0.1 (userland-proxy off, docker_engine's default).
         self.address = self.sh("ip -4 -o addr show dev eth0 | awk '{print $4}' | cut -d/ -f1")
         self.inventory_dir = tempfile.TemporaryDirectory()
         os.symlink(os.path.join(PROJECT, "inventories/local/group_vars"), os.path.join(self.inventory_dir.name, "group_vars"))

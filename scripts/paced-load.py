@@ -40,6 +40,7 @@ def client(offset):
         sent = time.monotonic()
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
+                response.read()  # a cut-off body (its replica died mid-answer) fails here
                 error = None if response.status == expected else f"HTTP {response.status}"
         except Exception as exc:  # refused, reset, timeout, HTTP error: all count as failed
             error = getattr(exc, "code", None) and f"HTTP {exc.code}" or type(exc).__name__

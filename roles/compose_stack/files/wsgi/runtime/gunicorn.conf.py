@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from gunicorn.http import wsgi
+
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
@@ -30,3 +32,34 @@ def on_starting(server):
         server.log.info("migrating: %s", target)
         code = f"import {module}; {module}.{function}()"
         subprocess.run([sys.executable, "-c", code], check=True, cwd=os.getcwd())
+
+
+class _Collected:
+    """Stands in for the socket while a response's headers and first body bytes are written."""
+
+    def __init__(self):
+        self.data = []
+
+    def sendall(self, data):
+        self.data.append(data)
+
+
+class OneSendResponse(wsgi.Response):
+    """Sends a response's headers with its first body bytes, in one send. gunicorn sends them
+    apart: a worker killed in between leaves the client a status line and no body (a truncated
+    201, say), which the entry proxy cannot resend once it has forwarded the headers."""
+
+    def write(self, arg):
+        if self.headers_sent:
+            super().write(arg)
+            return
+        sock, self.sock = self.sock, _Collected()
+        try:
+            super().write(arg)
+        finally:
+            collected, self.sock = self.sock.data, sock
+        sock.sendall(b"".join(collected))
+
+
+# wsgi.create() builds HTTP/1 responses from this module attribute; workers inherit it (fork).
+wsgi.Response = OneSendResponse
