@@ -115,21 +115,26 @@ def test_pagination_walks_every_row_once_in_id_order(client):
     assert len(client.get("/users").get_json()["users"]) == 23  # default limit 50
 
 
-def test_parallel_inserts_give_distinct_rows(users_app, client):
+def post_in_parallel(users_app, bodies, headers=None):
+    """(status, id) of each POST /users of `bodies`, ten at a time, to the app served on a free
+    port by a threaded server."""
     server = make_server("127.0.0.1", 0, users_app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/users"
 
-    def post(n):
-        request = urllib.request.Request(url, data=json.dumps({"name": f"parallel {n}"}).encode(),
-                                         headers={"Content-Type": "application/json"})
+    def post(body):
+        request = urllib.request.Request(f"http://127.0.0.1:{server.server_port}/users", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json", **(headers or {})})
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())["id"]
     try:
         with ThreadPoolExecutor(max_workers=10) as pool:
-            results = list(pool.map(post, range(100)))
+            return list(pool.map(post, bodies))
     finally:
         server.shutdown()
+
+
+def test_parallel_inserts_give_distinct_rows(users_app, client):
+    results = post_in_parallel(users_app, [{"name": f"parallel {n}"} for n in range(100)])
     assert {status for status, _ in results} == {201}
     assert len({user_id for _, user_id in results}) == 100
     assert row_count(client) == 100
@@ -167,19 +172,7 @@ def test_a_bad_idempotency_key_is_a_json_400_and_writes_nothing(client, key):
 
 
 def test_concurrent_requests_with_one_key_create_one_user(users_app, client):
-    server = make_server("127.0.0.1", 0, users_app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-
-    def post(_):
-        request = urllib.request.Request(f"http://127.0.0.1:{server.server_port}/users", data=b'{"name": "once"}',
-                                         headers={"Content-Type": "application/json", "Idempotency-Key": "k-1"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())["id"]
-    try:
-        with ThreadPoolExecutor(max_workers=10) as pool:
-            results = set(pool.map(post, range(20)))
-    finally:
-        server.shutdown()
+    results = set(post_in_parallel(users_app, [{"name": "once"}] * 20, {"Idempotency-Key": "k-1"}))
     assert len(results) == 1 and next(iter(results))[0] == 201
     assert row_count(client) == 1
 
