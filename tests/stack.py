@@ -208,13 +208,15 @@ class PacedLoad:
 
     SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "paced-load.py")
 
-    def __init__(self, host, url, rate=50, threads=8, name_prefix=""):
+    def __init__(self, host, url, rate=50, threads=8, name_prefix="", proxy=""):
         self.host, self.url, self.rate, self.threads, self.result = host, url, rate, threads, None
         self.name_prefix = name_prefix  # POST /users of a new name each (scripts/paced-load.py)
+        self.proxy = proxy  # the entry proxy's container: its log of failed requests goes into .result
 
     def __enter__(self):
         with open(self.SCRIPT, encoding="utf-8") as handle:
             script = handle.read()
+        self.started = self.host.check_output("date +%s")
         self.host.check_output(f"cat > /root/paced-load.py <<'EOF'\n{script}\nEOF\nrm -f /root/paced-load.stop /root/paced-load.json")
         self.host.check_output(f"setsid nohup python3 /root/paced-load.py {shlex.quote(self.url)} {self.rate} {self.threads} "
                                f"/root/paced-load.stop {shlex.quote(self.name_prefix)} >/root/paced-load.json 2>&1 </dev/null &")
@@ -226,7 +228,13 @@ class PacedLoad:
         self.host.check_output("touch /root/paced-load.stop")
         output = wait_for("the paced load to report", lambda: self.host.run("cat /root/paced-load.json").stdout.strip(), 30)
         self.result = json.loads(output)
+        if self.result["failed"] and self.proxy:
+            # The proxy logs only requests that failed or were retried: why each one failed.
+            self.result["proxy_log"] = self.host.run(f"docker logs --since {self.started} {self.proxy} 2>&1 | tail -40").stdout
         return False
+
+    def report(self):
+        return json.dumps(self.result, indent=1)
 
 
 def assert_quick_json_503_while_down(host, container, url, within):

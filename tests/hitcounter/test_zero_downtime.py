@@ -21,11 +21,11 @@ def drill(host, stack_vars, page_url):
     """Runs the body under a paced load; asserts 0 failed requests and an exact counter."""
     def run(action):
         before = hits_in_redis(host, stack_vars)
-        with PacedLoad(host, page_url) as load:
+        with PacedLoad(host, page_url, proxy=PROXY) as load:
             outcome = action()
         result = load.result
-        assert result["failed"] == 0, result
-        assert result["total"] > 100, result
+        assert result["failed"] == 0, load.report()
+        assert result["total"] > 100, load.report()
         assert hits_in_redis(host, stack_vars) - before == result["total"], (result, "the counter lost or doubled a hit")
         wait_for("every replica to be up in the proxy", lambda: (view := proxy_health_view(host, "hitcounter"))
                  and set(view) >= replica_addresses(host, "hitcounter") and all(view[a] == "UP" for a in replica_addresses(host, "hitcounter")), 20)

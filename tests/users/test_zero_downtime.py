@@ -40,14 +40,14 @@ def test_rollout_loses_no_request_and_no_acknowledged_row(host, api):
     host.check_output("rm -f /root/writer.stop /root/writer.out")
     host.check_output(f"cat > /root/writer.sh <<'EOF'\n{WRITER.replace('API', api)}\nEOF")
     host.check_output("setsid nohup sh /root/writer.sh </dev/null >/dev/null 2>&1 &")
-    with PacedLoad(host, f"{api}/users") as load:
+    with PacedLoad(host, f"{api}/users", proxy="users-proxy-1") as load:
         playbook("-e", json.dumps({"users_env": {"DRILL": "rollout"}}))
     host.check_output("touch /root/writer.stop")
     time.sleep(1)
     # Each answer: the JSON body on its line (the API ends it with a newline), then " <status>".
     written = host.check_output("cat /root/writer.out")
     statuses, bodies = re.findall(r"(?m)^ (\d{3})$", written), re.findall(r"(?m)^(\{.*\})$", written)
-    assert load.result["failed"] == 0 and load.result["total"] > 100, load.result
+    assert load.result["failed"] == 0 and load.result["total"] > 100, load.report()
     assert len(statuses) > 20 and set(statuses) == {"201"} and len(bodies) == len(statuses), written[-3000:]
     assert not set(replicas(host, "users")) & set(old), "the old replicas still run"
     # Every acknowledged row is stored, with its name (one query: a request per row took minutes).
@@ -63,10 +63,10 @@ def test_rollout_loses_no_request_and_no_acknowledged_row(host, api):
 def posts_stored_exactly_once(host, api, fault, prefix, rate=50):
     """fault() under a paced POST load of a new name per request: no request fails, and every
     acknowledged POST is one row (none lost, none written twice)."""
-    with PacedLoad(host, f"{api}/users", rate=rate, name_prefix=prefix) as load:
+    with PacedLoad(host, f"{api}/users", rate=rate, name_prefix=prefix, proxy="users-proxy-1") as load:
         fault()
     result = load.result
-    assert result["failed"] == 0 and result["total"] > 100, result
+    assert result["failed"] == 0 and result["total"] > 100, load.report()
     rows, names = container_exec(host, DB, "psql -U users -d users -tA -F ' ' -c "
                                  f"\"SELECT count(*), count(DISTINCT name) FROM users WHERE name LIKE '{prefix}-%'\"").split()
     assert (int(rows), int(names)) == (result["total"], result["total"]), (result, "rows lost or written twice")
