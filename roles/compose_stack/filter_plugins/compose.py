@@ -1,5 +1,7 @@
 """Filters of the compose_stack role.
 
+compose_stack_definition: the compose definition compose_stack deploys, from the stack's
+template and the parts every stack shares (tasks/release.yml).
 compose_stack_start_order: the services of a compose file, dependencies first.
 compose_stack_drift: what `compose up` would have to repair in a project, from the docker
 objects docker_host_info listed (tasks/docker-objects.yml). Check mode reports it, because
@@ -10,16 +12,72 @@ compose_stack_rollout: a service's replicas sorted for a rolling update (tasks/r
 compose_stack_proxy_up: the replica addresses HAProxy's health view (CSV) reports UP.
 compose_stack_swarm: the stack file `docker stack deploy` gets, made from the compose file a
 single host gets (one stack definition, two engines).
+compose_stack_swarm_failed_updates: the services whose update a stack deploy started and Swarm
+rolled back.
 compose_stack_invalid_cidrs: the entries of compose_stack_allowed_sources that are not IPv4 networks."""
 
-import copy
 import csv
 import hashlib
 import ipaddress
 import json
+from collections.abc import Mapping
+
+from ansible.errors import AnsibleFilterError
 
 SERVICE_LABEL = "com.docker.compose.service"
 CONFIG_HASH_LABEL = "com.docker.compose.config-hash"
+
+
+def _plain(value):
+    """A plain copy of a value made of mappings, lists and scalars (copy.deepcopy of Ansible's
+    lazily templated containers is slow: seconds for one compose definition)."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _merged(base, override):
+    """`override` on top of `base`: dicts merge key by key, anything else (lists too) is replaced."""
+    merged = _plain(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = _plain(value)
+    return merged
+
+
+def compose_stack_definition(stack, shared):
+    """The compose definition compose_stack deploys: the stack's template (`stack`, as a dict),
+    with under every service what every service shares (shared.hardening and the restart policy
+    shared.restart), under the web service (shared.web_service) the common web service
+    (shared.web), and the entry proxy (shared.proxy, as service shared.proxy_service). A stack's
+    own keys win. The web service is labelled (shared.release_label) with its release: a hash of
+    its definition without the replica count, and of .env (shared.env), so that replicas whose
+    label differs are rolled and a change of the replica count alone rolls nothing. An
+    x-compose-stack record names the web and proxy services and the proxy's stats port (read back
+    from the host by rollback and restore, which get no stack variables)."""
+    web, proxy = shared["web_service"], shared["proxy_service"]
+    services = stack.get("services") or {}
+    if web not in services:
+        raise AnsibleFilterError(f"the stack's compose template defines no service {web!r} (compose_stack_proxy.service); "
+                                 f"it defines: {', '.join(services) or 'none'}")
+    if proxy in services:
+        raise AnsibleFilterError(f"the stack's compose template defines a service {proxy!r}: that name is the entry proxy's")
+    base = dict(shared["hardening"], restart=shared["restart"])
+    compose = {key: _plain(value) for key, value in stack.items() if key != "services"}
+    compose["services"] = {}
+    for name, service in services.items():
+        compose["services"][name] = _merged(_merged(base, shared["web"]) if name == web else base, service or {})
+    compose["services"][proxy] = _merged(base, shared["proxy"])
+    definition = _merged(compose["services"][web], {"deploy": {"replicas": 0}})
+    definition.get("labels", {}).pop(shared["release_label"], None)
+    release = hashlib.sha256((json.dumps(definition, sort_keys=True) + shared["env"]).encode()).hexdigest()[:16]
+    compose["services"][web].setdefault("labels", {})[shared["release_label"]] = release
+    compose["x-compose-stack"] = {"web_service": web, "proxy_service": proxy, "stats_port": shared["stats_port"]}
+    return compose
 
 
 def compose_stack_start_order(compose):
@@ -142,7 +200,7 @@ def compose_stack_swarm(compose, options):
     stack["services"] = {}
     configs = {}
     for name, service in compose["services"].items():
-        service = copy.deepcopy(service)
+        service = _plain(service)
         restart = service.pop("restart", "unless-stopped")
         for key in ("depends_on", "security_opt", "container_name"):
             service.pop(key, None)
@@ -234,7 +292,7 @@ def _swarm_port(port, mode):
 
 class FilterModule:
     def filters(self):
-        return {"compose_stack_drift": compose_stack_drift, "compose_stack_start_order": compose_stack_start_order,
+        return {"compose_stack_definition": compose_stack_definition, "compose_stack_drift": compose_stack_drift, "compose_stack_start_order": compose_stack_start_order,
                 "compose_stack_rollout": compose_stack_rollout, "compose_stack_unconverged": compose_stack_unconverged,
                 "compose_stack_proxy_up": compose_stack_proxy_up, "compose_stack_swarm": compose_stack_swarm,
                 "compose_stack_swarm_failed_updates": compose_stack_swarm_failed_updates,

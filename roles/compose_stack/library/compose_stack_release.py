@@ -89,6 +89,8 @@ def main():
 
     for name, encoded in sorted(module.params["files"].items()):
         path = os.path.join(root, name)
+        if not os.path.isdir(os.path.dirname(path)) and not (module.check_mode and changed_dirs):
+            module.fail_json(msg=f"{os.path.dirname(path)} does not exist: name it in directories (or deploy first)")
         content = base64.b64decode(encoded)
         wanted = int(str(module.params["modes"].get(name, "0600")), 8)
         old = read(path)

@@ -1,0 +1,158 @@
+"""Unit tests of every filter in roles/compose_stack/filter_plugins/compose.py (no host, no engine)."""
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+ROLE = pathlib.Path(__file__).resolve().parents[2] / "roles" / "compose_stack"
+spec = importlib.util.spec_from_file_location("compose_filters", ROLE / "filter_plugins" / "compose.py")
+compose = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compose)
+
+LABEL = "compose-stack.release"
+SHARED = {"web": {"image": "app:1", "user": "10001:10001", "deploy": {"replicas": 2}, "tmpfs": ["/tmp"]},
+          "proxy": {"image": "haproxy:3.0", "ports": ["127.0.0.1:8000:8000"], "volumes": ["./proxy:/usr/local/etc/haproxy:ro"]},
+          "hardening": {"read_only": True, "cap_drop": ["ALL"]}, "restart": "unless-stopped",
+          "web_service": "web", "proxy_service": "proxy", "stats_port": 8404, "release_label": LABEL, "env": "A=1\n"}
+
+
+def definition(stack=None, **shared):
+    stack = stack or {"name": "s", "services": {"web": {"depends_on": ["db"]}, "db": {"image": "db:1", "cap_add": ["CHOWN"]}},
+                      "volumes": {"data": None}}
+    return compose.compose_stack_definition(stack, dict(SHARED, **shared))
+
+
+def container(name, service="web", state="running", status="Up 1 minute (healthy)", labels=None, address="10.0.0.2", ident=None):
+    return {"Id": ident or name, "Names": [f"/{name}"], "State": state, "Status": status,
+            "Labels": {compose.SERVICE_LABEL: service, **(labels or {})},
+            "NetworkSettings": {"Networks": {"s_default": {"NetworkID": "net1", "IPAddress": address}}}}
+
+
+def test_definition_merges_shared_parts_under_every_service_and_the_stacks_own_keys_win():
+    result = definition()
+    web, db, proxy = (result["services"][name] for name in ("web", "db", "proxy"))
+    assert web["image"] == "app:1" and web["depends_on"] == ["db"] and web["read_only"] is True
+    assert db["cap_add"] == ["CHOWN"] and db["cap_drop"] == ["ALL"] and db["restart"] == "unless-stopped"
+    assert "user" not in db, "the web service's shared keys leaked into a data service"
+    assert proxy["ports"] == ["127.0.0.1:8000:8000"] and proxy["read_only"] is True
+    assert result["volumes"] == {"data": None}
+    assert result["x-compose-stack"] == {"web_service": "web", "proxy_service": "proxy", "stats_port": 8404}
+    overridden = definition({"services": {"web": {"user": "20000:20000", "deploy": {"resources": {"limits": {"memory": "1G"}}}}}})
+    assert overridden["services"]["web"]["user"] == "20000:20000"
+    assert overridden["services"]["web"]["deploy"] == {"replicas": 2, "resources": {"limits": {"memory": "1G"}}}
+
+
+def test_release_label_follows_the_web_definition_and_env_but_not_the_replica_count():
+    release = definition()["services"]["web"]["labels"][LABEL]
+    assert len(release) == 16
+    assert definition(web=dict(SHARED["web"], deploy={"replicas": 5}))["services"]["web"]["labels"][LABEL] == release
+    assert definition(web=dict(SHARED["web"], image="app:2"))["services"]["web"]["labels"][LABEL] != release
+    assert definition(env="A=2\n")["services"]["web"]["labels"][LABEL] != release
+    # A data service's change is not a web release (it restarts the data service only).
+    other_db = {"services": {"web": {"depends_on": ["db"]}, "db": {"image": "db:2"}}, "volumes": {"data": None}}
+    assert definition(other_db)["services"]["web"]["labels"][LABEL] == release
+
+
+def test_definition_refuses_a_template_without_the_web_service_or_with_a_proxy_service():
+    with pytest.raises(AnsibleFilterError, match="defines no service 'web'.*it defines: db"):
+        definition({"services": {"db": {}}})
+    with pytest.raises(AnsibleFilterError, match="entry proxy"):
+        definition({"services": {"web": {}, "proxy": {}}})
+
+
+def test_start_order_puts_dependencies_first_and_names_a_cycle():
+    services = {"web": {"depends_on": {"db": {"condition": "service_healthy"}}}, "db": {}, "proxy": {"depends_on": ["web"]}}
+    assert compose.compose_stack_start_order({"services": services}) == ["db", "web", "proxy"]
+    with pytest.raises(ValueError, match="a -> b -> a"):
+        compose.compose_stack_start_order({"services": {"a": {"depends_on": ["b"]}, "b": {"depends_on": ["a"]}}})
+
+
+def test_drift_names_what_compose_up_must_repair():
+    objects = {"networks": [{"Id": "net1"}],
+               "containers": [container("s-web-1"), container("s-db-1", "db", state="exited", status="Exited (1)"),
+                              container("s-old-1", "old")]}
+    drift = compose.compose_stack_drift(objects, ["db", "web", "proxy"])
+    assert drift == {"summary": ["start s-db-1 (exited)", "remove s-old-1 (service old is no longer defined)",
+                                 "create the proxy container (missing)"], "lost_network": False}
+    lost = compose.compose_stack_drift({"networks": [], "containers": [container("s-web-1")]}, ["web"])
+    assert lost == {"summary": ["recreate s-web-1 (its network was removed)"], "lost_network": True}
+
+
+def test_unconverged_compares_web_by_release_and_the_rest_by_config_hash():
+    compose_file = {"x-compose-stack": {"web_service": "web"},
+                    "services": {"web": {"labels": {LABEL: "r2"}, "deploy": {"replicas": 2}}, "db": {}}}
+    hashes = "db abc\nweb ignored\n"
+    converged = {"containers": [container("s-web-1", labels={LABEL: "r2"}), container("s-web-2", labels={LABEL: "r2"}),
+                                container("s-db-1", "db", labels={compose.CONFIG_HASH_LABEL: "abc"})]}
+    assert compose.compose_stack_unconverged(converged, compose_file, hashes, LABEL) == []
+    drifted = {"containers": [container("s-web-1", labels={LABEL: "r1"}), container("s-web-2", status="Up (health: starting)"),
+                              container("s-db-1", "db", labels={compose.CONFIG_HASH_LABEL: "old"})]}
+    assert compose.compose_stack_unconverged(drifted, compose_file, hashes, LABEL) == [
+        "s-web-1 runs another release", "s-web-2 is not running healthy (Up (health: starting))", "s-db-1 was made from another config"]
+    assert compose.compose_stack_unconverged({"containers": []}, compose_file, hashes, LABEL) == [
+        "web has 0 containers, not 2", "db has 0 containers, not 1"]
+
+
+def test_rollout_sorts_replicas_into_outdated_stopped_current_and_unhealthy():
+    replicas = [container("old", labels={LABEL: "r1"}, address="10.0.0.2"),
+                container("new", labels={LABEL: "r2"}, address="10.0.0.3"),
+                container("sick", labels={LABEL: "r2"}, status="Up (unhealthy)", address="10.0.0.4"),
+                container("dead", labels={LABEL: "r1"}, state="exited", status="Exited (137)")]
+    assert compose.compose_stack_rollout(replicas, LABEL, "r2") == {
+        "outdated": ["old"], "stopped": ["dead"], "all_current": ["new", "sick"],
+        "current_addresses": ["10.0.0.3", "10.0.0.4"], "unhealthy": ["sick"]}
+
+
+def test_proxy_up_lists_the_addresses_haproxy_reports_up_for_one_backend():
+    stats = ("# pxname,svname,status,addr\n"
+             "web,FRONTEND,OPEN,\nweb,web1,UP,10.0.0.2:8000\nweb,web2,DOWN,10.0.0.3:8000\n"
+             "web,web3,UP 1/2,10.0.0.4:8000\nweb,web4,MAINT,\nother,o1,UP,10.0.0.9:8000\nweb,BACKEND,UP,\n")
+    assert compose.compose_stack_proxy_up(stats, "web") == ["10.0.0.2", "10.0.0.4"]
+
+
+def test_swarm_turns_the_compose_definition_into_a_stack_file():
+    files = {"proxy/haproxy.cfg": "Y2ZnCg==", ".env": "QT0xCg=="}
+    stack = compose.compose_stack_swarm(dict(definition(), services=dict(definition()["services"], web=dict(
+        definition()["services"]["web"], secrets=[{"source": "pw_app", "target": "pw"}]))), {
+        "stack": "s", "endpoint_mode": "dnsrr", "publish_mode": "host", "data_label": "stack-data",
+        "update_monitor": "10s", "project_files": files})
+    web, db, proxy = (stack["services"][name] for name in ("web", "db", "proxy"))
+    assert "name" not in stack and "depends_on" not in web and "restart" not in web
+    assert web["deploy"]["update_config"]["order"] == "start-first" and web["deploy"]["update_config"]["failure_action"] == "rollback"
+    assert web["deploy"]["restart_policy"] == {"condition": "any", "delay": "1s"}
+    assert web["volumes"] == [{"type": "tmpfs", "target": "/tmp"}]
+    assert web["secrets"] == [{"source": "pw_app", "target": "pw", "uid": "10001", "mode": 0o400}]
+    assert db["deploy"]["placement"] == {"constraints": ["node.labels.stack-data == true"]}
+    assert proxy["deploy"]["mode"] == "global" and proxy["deploy"]["update_config"]["order"] == "stop-first"
+    assert proxy["ports"] == [{"target": 8000, "published": 8000, "protocol": "tcp", "mode": "host"}]
+    config = proxy["configs"][0]
+    assert config["target"] == "/usr/local/etc/haproxy/haproxy.cfg"
+    assert stack["configs"][config["source"]]["file"] == "./proxy/haproxy.cfg"
+    assert stack["configs"][config["source"]]["name"].startswith("s_proxy_haproxy_cfg_")
+
+
+def test_swarm_failed_updates_names_only_rollbacks_this_deploy_started():
+    def inspect(**statuses):
+        return "\n".join(f"s_{name} {json.dumps(status) if status else 'null'}" for name, status in statuses.items())
+    before = inspect(web={"State": "rollback_completed", "StartedAt": "t1", "Message": "old"}, db=None)
+    after = inspect(web={"State": "rollback_completed", "StartedAt": "t1", "Message": "old"},
+                    db={"State": "rollback_completed", "StartedAt": "t2", "Message": "update rolled back"},
+                    proxy={"State": "completed", "StartedAt": "t3"})
+    assert compose.compose_stack_swarm_failed_updates(before, after) == ["s_db: rollback_completed (update rolled back)"]
+
+
+def test_invalid_cidrs_lists_what_is_not_an_ipv4_network():
+    assert compose.compose_stack_invalid_cidrs(["192.0.2.0/24", "198.51.100.7", "0.0.0.0/0"]) == []
+    assert compose.compose_stack_invalid_cidrs(["10.0.0.0/33", "2001:db8::/32", "any", 5]) == ["10.0.0.0/33", "2001:db8::/32", "any", 5]
+    assert compose.compose_stack_invalid_cidrs("10.0.0.1") == []
+
+
+def test_every_filter_is_registered_and_named_in_the_docstring():
+    filters = compose.FilterModule().filters()
+    public = {name for name in dir(compose) if name.startswith("compose_stack_") and callable(getattr(compose, name))}
+    assert set(filters) == public
+    for name in filters:
+        assert f"\n{name}:" in compose.__doc__, f"{name} is not described in the module docstring"
