@@ -53,8 +53,10 @@ def compose_stack_definition(stack, shared):
     """The compose definition compose_stack deploys: the stack's template (`stack`, as a dict),
     with under every service what every service shares (shared.hardening and the restart policy
     shared.restart), under the web service (shared.web_service) the common web service
-    (shared.web), and the entry proxy (shared.proxy, as service shared.proxy_service). A stack's
-    own keys win. The web service is labelled (shared.release_label) with its release: a hash of
+    (shared.web), the data service (shared.datastore, a rendered templates/datastores/<kind>:
+    its service, volumes and secrets, what web gets of it, and the record backup and restore
+    read; web waits for it to be healthy), and the entry proxy (shared.proxy, as service
+    shared.proxy_service). A stack's own keys win. The web service is labelled (shared.release_label) with its release: a hash of
     its definition without the replica count, and of .env (shared.env), so that replicas whose
     label differs are rolled and a change of the replica count alone rolls nothing. An
     x-compose-stack record names the web and proxy services and the proxy's stats port (read back
@@ -67,16 +69,27 @@ def compose_stack_definition(stack, shared):
     if proxy in services:
         raise AnsibleFilterError(f"the stack's compose template defines a service {proxy!r}: that name is the entry proxy's")
     base = dict(shared["hardening"], restart=shared["restart"])
+    datastore = shared.get("datastore") or {}
+    web_shared = shared["web"]
+    if datastore:
+        store = datastore["record"]["service"]
+        services = dict(services, **{store: _merged(datastore["service"], services.get(store) or {})})
+        web_shared = _merged(web_shared, dict(datastore.get("web", {}), depends_on={store: {"condition": "service_healthy"}}))
     compose = {key: _plain(value) for key, value in stack.items() if key != "services"}
+    for key in ("volumes", "secrets"):
+        if datastore.get(key):
+            compose[key] = _merged(datastore[key], compose.get(key) or {})
     compose["services"] = {}
     for name, service in services.items():
-        compose["services"][name] = _merged(_merged(base, shared["web"]) if name == web else base, service or {})
+        compose["services"][name] = _merged(_merged(base, web_shared) if name == web else base, service or {})
     compose["services"][proxy] = _merged(base, shared["proxy"])
     definition = _merged(compose["services"][web], {"deploy": {"replicas": 0}})
     definition.get("labels", {}).pop(shared["release_label"], None)
     release = hashlib.sha256((json.dumps(definition, sort_keys=True) + shared["env"]).encode()).hexdigest()[:16]
     compose["services"][web].setdefault("labels", {})[shared["release_label"]] = release
     compose["x-compose-stack"] = {"web_service": web, "proxy_service": proxy, "stats_port": shared["stats_port"]}
+    if datastore:
+        compose["x-compose-stack"]["datastore"] = _plain(datastore["record"])
     return compose
 
 
