@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_NOCOLOR ?= 1
 export NO_COLOR ?= 1
 
-.PHONY: up down test lint apptest molecule toolchain prepare-machine kit bench bench-engine bench-hitcounter bench-users bench-reprovision bench-swarm
+.PHONY: up down test lint unittest apptest molecule toolchain prepare-machine kit bench bench-engine bench-hitcounter bench-users bench-reprovision bench-swarm
 APP_STACK ?= hitcounter
 
 ## up: toolchain + image kit + local staging host, then site.yml against it (README command 1)
@@ -19,8 +19,12 @@ up: toolchain kit
 down: toolchain
 	ansible-playbook playbooks/local.yml -e staging_host_state=absent
 
-## test: lint + app tests against real servers + every molecule scenario (README command 2)
-test: lint apptest molecule
+## test: lint + unit tests + app tests against real servers + every molecule scenario (README command 2)
+test: lint unittest apptest molecule
+
+## unittest: compose_stack's filters and release module (seconds, no host)
+unittest: toolchain
+	python -m pytest -q tests/unit
 
 apptest: toolchain prepare-machine
 	python -m pytest -q tests/apps

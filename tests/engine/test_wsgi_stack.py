@@ -1,6 +1,7 @@
 """app_stack: wsgi, any WSGI app behind the entry proxy: seed 003's bottle app deployed from its
-folder as it is, then a falcon app (another framework, module, callable, health path and env)
-rolled out over it under paced load, and rolled back. Runs on the scenario's converged engine
+folder as it is, then a falcon app (another framework, module, callable, health path and env,
+and a Redis from compose_stack's data services) rolled out over it under paced load, and
+rolled back. Runs on the scenario's converged engine
 host (no stack of its own) and leaves it without one."""
 
 import json
@@ -14,7 +15,7 @@ from stack import PacedLoad, http, http_get, inspect, replicas, supervisor_statu
 APPS = os.path.join(PROJECT_DIR, "tests", "wsgi-apps")
 BOTTLE = ["-e", "app_stack=wsgi", "-e", f"wsgi_app_src={APPS}/bottle-hello"]
 FALCON = ["-e", "app_stack=wsgi", "-e", json.dumps({
-    "wsgi_app_src": f"{APPS}/falcon-greeting", "wsgi_app": "app:application", "wsgi_health_path": "/ready",
+    "wsgi_app_src": f"{APPS}/falcon-greeting", "wsgi_app": "app:application", "wsgi_health_path": "/ready", "wsgi_datastore": "redis",
     "wsgi_env": {"GREETING": "Hello from falcon, configured by the environment!"}})]
 URL = "http://127.0.0.1:8000/"
 
@@ -53,13 +54,16 @@ def test_another_framework_rolls_out_and_back_with_no_failed_request(host, bottl
         rc, output = run_playbook("site.yml", *FALCON)
     assert rc == 0, failure_report(output)
     assert load.result["failed"] == 0, load.report()
-    status, body = http(host, URL)
-    assert (status, json.loads(body)) == (200, {"greeting": "Hello from falcon, configured by the environment!"})
+    first, second = (json.loads(http(host, URL)[1]) for _ in range(2))
+    assert first["greeting"] == "Hello from falcon, configured by the environment!"
+    assert second["visits"] == first["visits"] + 1, "the falcon app does not count in its Redis"
+    assert "wsgi-redis-1" in host.check_output("docker ps --format '{{.Names}}'").split()
     with PacedLoad(host, URL, proxy="wsgi-proxy-1") as load:
         rc, output = run_playbook("rollback.yml", "-e", "app_stack=wsgi")
     assert rc == 0, failure_report(output)
     assert load.result["failed"] == 0, load.report()
     assert http_get(host, URL) == (200, "Hello from docker!")
+    assert "wsgi-redis-1" not in host.check_output("docker ps -a --format '{{.Names}}'").split(), "bottle's release has no Redis"
     # The inventory's release again (bottle): the rollback's files are the live ones.
     rc, output = run_playbook("site.yml", *BOTTLE)
     assert rc == 0, failure_report(output)
