@@ -156,3 +156,21 @@ def test_every_filter_is_registered_and_named_in_the_docstring():
     assert set(filters) == public
     for name in filters:
         assert f"\n{name}:" in compose.__doc__, f"{name} is not described in the module docstring"
+
+
+def test_definition_merges_a_data_service_its_volumes_secrets_and_what_web_gets_of_it():
+    datastore = {"service": {"image": "postgres:17", "cap_add": ["CHOWN"]}, "volumes": {"db-data": None},
+                 "secrets": {"db_password": {"file": "./secrets/db_password"}},
+                 "web": {"secrets": [{"source": "db_password_app", "target": "db_password"}]},
+                 "record": {"kind": "postgres", "service": "db", "volume": "db-data", "file": "users.dump"}}
+    result = definition({"services": {"web": {}}, "volumes": {"own": None}}, datastore=datastore)
+    db, web = result["services"]["db"], result["services"]["web"]
+    assert db["image"] == "postgres:17" and db["cap_drop"] == ["ALL"] and db["restart"] == "unless-stopped"
+    assert web["depends_on"] == {"db": {"condition": "service_healthy"}}
+    assert web["secrets"] == [{"source": "db_password_app", "target": "db_password"}] and web["image"] == "app:1"
+    assert result["volumes"] == {"db-data": None, "own": None} and result["secrets"] == datastore["secrets"]
+    assert result["x-compose-stack"]["datastore"] == datastore["record"]
+    # The stack's template may still say more about its data service: its keys win.
+    tuned = definition({"services": {"web": {}, "db": {"stop_grace_period": "90s"}}}, datastore=datastore)
+    assert tuned["services"]["db"]["stop_grace_period"] == "90s" and tuned["services"]["db"]["image"] == "postgres:17"
+    assert "datastore" not in definition()["x-compose-stack"]
