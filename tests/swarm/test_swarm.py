@@ -1,14 +1,17 @@
 """The hit counter on a 3-node Swarm cluster (staging-1: manager with the data label; staging-2 and
-staging-3: workers), deployed by site.yml's cluster play. The tests run in file order and each
-leaves the cluster converged: nodes, placement and limits, the page on every node, an exact count
-across nodes, a rolling update and an automatic rollback under paced load, the loss of a worker,
-a node that leaves and joins again, and three managers."""
+staging-3: workers), deployed by site.yml's cluster play: nodes, placement and limits, the page
+on every node, an exact count across nodes, a rolling update and rollback.yml under paced load, an
+automatic rollback, a service changed by hand, backup and restore of Redis on the data node, the
+loss of a worker, a node that leaves and joins again, and three managers. Each test starts from
+and leaves the converged cluster (site.yml changed=0), so they pass in any order (run once in
+reverse order with pytest-reverse)."""
 
 import json
 import os
 import re
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -68,6 +71,14 @@ def count(url):
     status, body = get(url)
     assert status == 200, body
     return int(re.fullmatch(r"Hello World! (\d+) times\.", body).group(1))
+
+
+def answered_count(url):
+    """The count, or None while the proxy answers with an error (503: no replica up yet)."""
+    try:
+        return count(url)
+    except urllib.error.HTTPError:
+        return None
 
 
 def nodes(manager):
@@ -165,18 +176,46 @@ def test_the_count_is_exact_across_nodes():
     assert count(urls[1]) == before + 1001
 
 
-def test_a_rolling_update_under_load_fails_no_request(manager, stack_vars):
+def test_a_rolling_update_and_a_rollback_under_load_fail_no_request(manager, stack_vars):
     before = web_release(manager)
     changed_env = json.dumps({"hitcounter_env": {"SWARM_DRILL": "rolling"}})
     with PacedLoad(manager, f"http://127.0.0.1:{PORT}/") as load:
         playbook("-e", changed_env)
     assert web_release(manager) != before
     assert load.result["failed"] == 0 and load.result["total"] > 100, load.result
-    # Back to the inventory's release: a second rolling update.
+    # Back to the inventory's release with rollback.yml: a second rolling update, from the manager.
     with PacedLoad(manager, f"http://127.0.0.1:{PORT}/") as load:
-        playbook()
+        rc, output = run_playbook("rollback.yml")
+    assert rc == 0, failure_report(output)
     assert web_release(manager) == before
-    assert load.result["failed"] == 0, load.result
+    assert load.result["failed"] == 0 and load.result["total"] > 100, load.result
+    assert "SWARM_DRILL" not in manager.file("/opt/hitcounter/.env").content_string
+    assert "SWARM_DRILL=rolling" in manager.file("/opt/hitcounter/previous/.env").content_string
+    assert_converged()
+
+
+def test_a_service_changed_by_hand_is_put_back(manager, stack_vars):
+    manager.check_output(f"docker service scale --detach {WEB}=1")
+    output = playbook()
+    assert recap_changed(output) > 0, "site.yml did not notice the service scaled by hand"
+    wait_for_replicas(manager, int(stack_vars["hitcounter_web_replicas"]))
+    assert_converged()
+
+
+def test_backup_and_restore_on_the_data_node(manager, tmp_path):
+    url = f"http://{node_address('staging-2')}:{PORT}/"
+    saved = count(url)
+    rc, output = run_playbook("backup.yml", "-e", f"backup_dir={tmp_path}")
+    assert rc == 0, failure_report(output)
+    # Named after the manager that deploys the stack; made on the data node.
+    assert (tmp_path / MANAGER / "hitcounter" / "redis.rdb").stat().st_size > 0
+    for _ in range(3):
+        count(url)
+    rc, output = run_playbook("restore.yml", "-e", f"backup_dir={tmp_path}")
+    assert rc == 0, failure_report(output)
+    # The first page served after the restore (the proxy finds the new replicas by DNS).
+    assert wait_for("the page after the restore", lambda: answered_count(url), 60, interval=1) == saved + 1
+    assert_converged()
 
 
 def test_an_unhealthy_update_is_rolled_back_without_a_failed_request(manager):

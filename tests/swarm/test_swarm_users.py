@@ -1,17 +1,20 @@
 """The users API on the same 3-node cluster, switched to from the hit counter and back: its
 PostgreSQL password as a Swarm secret readable by the web replicas' user alone, POSTs through
-every node's proxy stored exactly once, and a rolling update under a paced POST load with no
-failed request and every acknowledged row stored once. The module leaves the cluster running the
-hit counter, converged, whatever ran before it."""
+every node's proxy stored exactly once, a rolling update under a paced POST load with no failed
+request and every acknowledged row stored once, backup and restore of PostgreSQL on the data
+node, and teardown.yml removing the stack from every node. Each test finds the users stack
+deployed (deployed again if a test before tore it down); the module leaves the cluster running
+the hit counter, converged, whatever ran before it."""
 
 import json
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from conftest import failure_report, run_playbook
-from stack import PacedLoad
+from stack import PacedLoad, wait_for
 from test_swarm import DATA_NODE, MANAGER, NODES, node_address, node_host, running_tasks
 
 USERS = ["-e", "app_stack=users"]
@@ -35,18 +38,37 @@ def sql(query):
     return data_node.check_output(f"docker exec {task_container(data_node, DB)} psql -U users -d users -tA -F ' ' -c \"{query}\"")
 
 
+def answered_post(url, name):
+    """POST's status, or None while the proxy answers with an error (no replica up yet)."""
+    try:
+        return post(url, name)
+    except urllib.error.HTTPError:
+        return None
+
+
 def post(url, name):
     request = urllib.request.Request(url, data=json.dumps({"name": name}).encode(), headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=15) as response:
         return response.status
 
 
+def users_deployed(manager):
+    return "users" in manager.check_output("docker stack ls --format '{{.Name}}'").split()
+
+
 @pytest.fixture(scope="module")
-def users_cluster():
-    site(*USERS)
+def users_module():
     yield node_host(MANAGER)
     # Back to the scenario's stack: the users stack is removed from the cluster (volumes kept).
     site()
+
+
+@pytest.fixture
+def users_cluster(users_module):
+    """The manager of the cluster running the users stack (deployed once, again after a teardown)."""
+    if not users_deployed(users_module):
+        site(*USERS)
+    return users_module
 
 
 def test_the_password_is_a_swarm_secret_only_the_web_user_reads(users_cluster):
@@ -75,3 +97,30 @@ def test_a_rolling_update_under_post_load_fails_no_request_and_stores_each_row_o
     rows, names = sql("SELECT count(*), count(DISTINCT name) FROM users WHERE name LIKE 'swarm-roll-%'").split()
     assert (int(rows), int(names)) == (load.result["total"], load.result["total"]), (load.result, "rows lost or written twice")
     assert "SWARM_DRILL=rolling" in manager.file("/opt/users/.env").content_string
+
+
+def test_backup_and_restore_of_postgres_on_the_data_node(users_cluster, tmp_path):
+    url = f"http://{node_address('staging-3')}:{PORT}/users"
+    assert post(url, "kept-by-backup") == 201
+    rc, output = run_playbook("backup.yml", *USERS, "-e", f"backup_dir={tmp_path}")
+    assert rc == 0, failure_report(output)
+    assert (tmp_path / MANAGER / "users" / "users.dump").stat().st_size > 0
+    assert post(url, "lost-by-restore") == 201
+    rc, output = run_playbook("restore.yml", *USERS, "-e", f"backup_dir={tmp_path}")
+    assert rc == 0, failure_report(output)
+    assert sql("SELECT name FROM users WHERE name IN ('kept-by-backup', 'lost-by-restore')") == "kept-by-backup"
+    assert wait_for("POST after the restore", lambda: answered_post(url, "after-restore") == 201, 60, interval=1)
+
+
+def test_teardown_with_purge_removes_the_stack_from_every_node(users_cluster):
+    manager = users_cluster
+    rc, output = run_playbook("teardown.yml", *USERS, "-e", "teardown_purge=true")
+    assert rc == 0, failure_report(output)
+    assert not users_deployed(manager)
+    assert not [name for name in manager.check_output("docker secret ls --format '{{.Name}}'").split() if name.startswith("users_")]
+    assert not manager.file("/opt/users").exists
+    for name in NODES:
+        node = node_host(name)
+        assert node.check_output("docker ps -aq --filter label=com.docker.stack.namespace=users") == "", name
+        assert node.check_output("docker images -q 'users-app'") == "", name
+        assert node.check_output("docker volume ls -q --filter label=com.docker.stack.namespace=users") == "", name

@@ -134,14 +134,23 @@ def test_swarm_turns_the_compose_definition_into_a_stack_file():
     assert stack["configs"][config["source"]]["name"].startswith("s_proxy_haproxy_cfg_")
 
 
+def inspect(**statuses):
+    """`docker service inspect --format '{{.Spec.Name}} {{.Version.Index}} {{json .UpdateStatus}}'` output."""
+    return "\n".join(f"s_{name} {len(name)} {json.dumps(status) if status else 'null'}" for name, status in statuses.items())
+
+
 def test_swarm_failed_updates_names_only_rollbacks_this_deploy_started():
-    def inspect(**statuses):
-        return "\n".join(f"s_{name} {json.dumps(status) if status else 'null'}" for name, status in statuses.items())
     before = inspect(web={"State": "rollback_completed", "StartedAt": "t1", "Message": "old"}, db=None)
     after = inspect(web={"State": "rollback_completed", "StartedAt": "t1", "Message": "old"},
                     db={"State": "rollback_completed", "StartedAt": "t2", "Message": "update rolled back"},
                     proxy={"State": "completed", "StartedAt": "t3"})
     assert compose.compose_stack_swarm_failed_updates(before, after) == ["s_db: rollback_completed (update rolled back)"]
+
+
+def test_swarm_versions_are_sorted_name_version_lines():
+    output = inspect(web={"State": "completed", "StartedAt": "t1"}, db=None) + "\n"
+    assert compose.compose_stack_swarm_versions(output) == "s_db 2\ns_web 3"
+    assert compose.compose_stack_swarm_versions("") == ""
 
 
 def test_invalid_cidrs_lists_what_is_not_an_ipv4_network():

@@ -14,6 +14,8 @@ compose_stack_swarm: the stack file `docker stack deploy` gets, made from the co
 single host gets (one stack definition, two engines).
 compose_stack_swarm_failed_updates: the services whose update a stack deploy started and Swarm
 rolled back.
+compose_stack_swarm_versions: the services' versions in `docker service inspect` output (a deploy
+records them; the next one is skipped when no service changed since).
 compose_stack_invalid_cidrs: the entries of compose_stack_allowed_sources that are not IPv4 networks."""
 
 import csv
@@ -267,23 +269,31 @@ def compose_stack_swarm(compose, options):
     return stack
 
 
+def _swarm_inspected(output):
+    """(name, version, update status JSON) per line of `docker service inspect --format
+    '{{.Spec.Name}} {{.Version.Index}} {{json .UpdateStatus}}'`."""
+    return [tuple((line.split(" ", 2) + ["", ""])[:3]) for line in output.splitlines() if line.strip()]
+
+
 def compose_stack_swarm_failed_updates(before, after):
     """Services whose update this deploy started and Swarm rolled back or paused, as
-    "service: message", from two outputs of `docker service inspect --format '{{.Spec.Name}}
-    {{json .UpdateStatus}}'` (before and after docker stack deploy)."""
+    "service: message", from two outputs of the inspect above (before and after docker stack
+    deploy)."""
 
     def statuses(output):
-        found = {}
-        for line in output.splitlines():
-            name, _, status = line.partition(" ")
-            if status.strip() not in ("", "null"):
-                found[name] = json.loads(status)
-        return found
+        return {name: json.loads(status) for name, _, status in _swarm_inspected(output)
+                if status.strip() not in ("", "null")}
 
     earlier = statuses(before)
     return [f"{name}: {status.get('State')} ({status.get('Message', '')})" for name, status in sorted(statuses(after).items())
             if status.get("State") in ("rollback_started", "rollback_completed", "rollback_paused", "paused")
             and status.get("StartedAt") != earlier.get(name, {}).get("StartedAt")]
+
+
+def compose_stack_swarm_versions(output):
+    """"name version" lines, sorted, of the inspect above: a service changed or updated by
+    anyone (by hand, or by Swarm rolling it back) has another version."""
+    return "\n".join(sorted(f"{name} {version}" for name, version, _ in _swarm_inspected(output)))
 
 
 def compose_stack_invalid_cidrs(sources):
@@ -308,5 +318,6 @@ class FilterModule:
         return {"compose_stack_definition": compose_stack_definition, "compose_stack_drift": compose_stack_drift, "compose_stack_start_order": compose_stack_start_order,
                 "compose_stack_rollout": compose_stack_rollout, "compose_stack_unconverged": compose_stack_unconverged,
                 "compose_stack_proxy_up": compose_stack_proxy_up, "compose_stack_swarm": compose_stack_swarm,
+                "compose_stack_swarm_versions": compose_stack_swarm_versions,
                 "compose_stack_swarm_failed_updates": compose_stack_swarm_failed_updates,
                 "compose_stack_invalid_cidrs": compose_stack_invalid_cidrs}
