@@ -2,8 +2,10 @@
 
 import json
 import os
+import pwd
 import re
 import shlex
+import socket
 import subprocess
 import time
 
@@ -176,6 +178,28 @@ def replicas(host, project, service="web"):
     return sorted(host.check_output(
         f"docker ps --filter label=com.docker.compose.project={project} "
         f"--filter label=com.docker.compose.service={service} --format '{{{{.Names}}}}'").split())
+
+
+def release_of(host, project):
+    """The release label of a stack's running web replicas (one release once a rollout is over)."""
+    releases = {inspect(host, name)["Config"]["Labels"]["compose-stack.release"] for name in replicas(host, project)}
+    assert len(releases) == 1, releases
+    return releases.pop()
+
+
+def deploy_history(host, project):
+    """The stack's deploy history (compose_stack's tasks/history-append.yml), oldest first."""
+    history = host.file(f"/var/lib/compose-stack/{project}/history.jsonl")
+    return [json.loads(line) for line in history.content_string.splitlines()] if history.exists else []
+
+
+def assert_last_history_entry(host, project, action, result, release):
+    """The newest history line is this action's, by whoever runs the tests, from this controller."""
+    entry = deploy_history(host, project)[-1]
+    assert (entry["action"], entry["result"], entry["release"]) == (action, result, release), entry
+    assert (entry["stack"], entry["host"], entry["user"], entry["controller"]) == (
+        project, host.backend.get_hostname(), pwd.getpwuid(os.getuid()).pw_name, socket.gethostname()), entry
+    return entry
 
 
 def address(host, container):

@@ -10,10 +10,15 @@ import yaml
 from conftest import container_name
 from stack import (assert_limits, assert_published_by_nat, assert_supervisor_restarts_gunicorn, container_env, container_exec, crash_and_wait_for_restart,
                    http_get, inspect, kill_in_container, page_count, reboot_staging_host, supervisor_status, wait_for,
-                   wait_healthy, wait_until_the_proxy_routes)
+                   replicas, wait_healthy, wait_until_the_proxy_routes)
 
-WEB = "hitcounter-web-1"
 REDIS = "hitcounter-redis-1"
+
+
+@pytest.fixture
+def web(host):
+    """One web replica: rollouts (other modules' drills) give replicas new names."""
+    return replicas(host, "hitcounter")[0]
 
 
 @pytest.fixture(scope="module")
@@ -25,19 +30,19 @@ def hits_in_redis(host, stack_vars):
     return int(container_exec(host, REDIS, f"redis-cli -p {stack_vars['hitcounter_redis_port']} get hits") or 0)
 
 
-def gunicorn_workers(host, master_pid):
+def gunicorn_workers(host, web, master_pid):
     """PIDs (in the container) of the gunicorn master's children. One read of the kernel's own
     list: scanning /proc races with processes that exit between listing and reading."""
-    return set(container_exec(host, WEB, f"cat /proc/{master_pid}/task/{master_pid}/children").split())
+    return set(container_exec(host, web, f"cat /proc/{master_pid}/task/{master_pid}/children").split())
 
 
-def test_containers_run_with_the_configured_policy_and_limits(host, stack_vars):
-    assert assert_limits(host, WEB, stack_vars, "hitcounter_web")["Config"]["User"] == "10001:10001"
+def test_containers_run_with_the_configured_policy_and_limits(host, web, stack_vars):
+    assert assert_limits(host, web, stack_vars, "hitcounter_web")["Config"]["User"] == "10001:10001"
     assert assert_limits(host, REDIS, stack_vars, "hitcounter_redis")["Config"]["User"] == "999:999"
 
 
-def test_web_gets_its_redis_address_from_the_environment(host, stack_vars):
-    env = container_env(host, WEB)
+def test_web_gets_its_redis_address_from_the_environment(host, web, stack_vars):
+    env = container_env(host, web)
     assert env["HOST_REDIS"] == "redis"
     assert env["PORT_REDIS"] == str(stack_vars["hitcounter_redis_port"])
     command = inspect(host, REDIS)["Config"]["Cmd"]
@@ -67,29 +72,29 @@ def test_redis_is_not_reachable_on_any_host_port(host, stack_vars):
     assert not [socket for socket in listening if socket.rsplit(":", 1)[-1] in (redis_port, "6379")], listening
 
 
-def test_supervisor_runs_gunicorn(host):
-    name, state, pid = supervisor_status(host, WEB)
+def test_supervisor_runs_gunicorn(host, web):
+    name, state, pid = supervisor_status(host, web)
     assert (name, state) == ("gunicorn", "RUNNING")
     assert pid > 1
 
 
-def test_supervisor_restarts_a_killed_gunicorn_master(host, page_url):
-    assert_supervisor_restarts_gunicorn(host, WEB, page_url)
+def test_supervisor_restarts_a_killed_gunicorn_master(host, web, page_url):
+    assert_supervisor_restarts_gunicorn(host, web, page_url)
 
 
-def test_gunicorn_respawns_a_killed_worker(host, page_url):
-    _, _, master = supervisor_status(host, WEB)
-    workers = wait_for("gunicorn workers", lambda: gunicorn_workers(host, master), 15)
+def test_gunicorn_respawns_a_killed_worker(host, web, page_url):
+    _, _, master = supervisor_status(host, web)
+    workers = wait_for("gunicorn workers", lambda: gunicorn_workers(host, web, master), 15)
     victim = sorted(workers)[0]
-    kill_in_container(host, WEB, victim)
-    wait_for("a replacement worker", lambda: (now := gunicorn_workers(host, master))
+    kill_in_container(host, web, victim)
+    wait_for("a replacement worker", lambda: (now := gunicorn_workers(host, web, master))
              and victim not in now and len(now) == len(workers), 15)
-    assert supervisor_status(host, WEB)[2] == master
+    assert supervisor_status(host, web)[2] == master
     assert http_get(host, page_url)[0] == 200
 
 
-def test_web_comes_back_after_its_main_process_is_killed(host, page_url):
-    crash_and_wait_for_restart(host, WEB)
+def test_web_comes_back_after_its_main_process_is_killed(host, web, page_url):
+    crash_and_wait_for_restart(host, web)
     assert http_get(host, page_url)[0] == 200
 
 
@@ -132,11 +137,11 @@ def test_entry_port_answers_only_the_allowed_sources(stack_vars):
     assert_entry_firewalled(stack_vars)
 
 
-def test_engine_stack_and_firewall_come_back_after_a_staging_host_reboot(host, stack_vars, page_url):
+def test_engine_stack_and_firewall_come_back_after_a_staging_host_reboot(host, web, stack_vars, page_url):
     count = page_count(host, page_url)
     reboot_staging_host(host, container_name(host))
     wait_healthy(host, REDIS, 120)
-    wait_healthy(host, WEB, 120)
+    wait_healthy(host, web, 120)
     wait_until_the_proxy_routes(host, "hitcounter")
     assert hits_in_redis(host, stack_vars) == count
     assert page_count(host, page_url) == count + 1

@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from conftest import PROJECT_DIR, changed_tasks, failure_report, recap_changed, run_playbook
-from stack import (PacedLoad, assert_quick_json_503_while_down, container_env, crash_main_process, inspect, kill_in_container,
-                   proxy_health_view, replica_addresses, replicas, size_in_bytes, supervisor_status, wait_for, wait_healthy)
+from stack import (PacedLoad, assert_last_history_entry, assert_quick_json_503_while_down, container_env, crash_main_process, deploy_history, inspect, kill_in_container,
+                   proxy_health_view, release_of, replica_addresses, replicas, size_in_bytes, supervisor_status, wait_for, wait_healthy)
 from test_hitcounter import REDIS, hits_in_redis, page_url  # noqa: F401 (page_url is a fixture)
 
 PROXY = "hitcounter-proxy-1"
@@ -73,6 +73,8 @@ def test_web_env_change_rolls_out_with_no_failed_request(host, drill):
     old = replicas(host, "hitcounter")
     drill(lambda: playbook("-e", json.dumps({"hitcounter_env": {"DRILL": "env"}})))
     assert not set(replicas(host, "hitcounter")) & set(old)
+    entry = assert_last_history_entry(host, "hitcounter", "deploy", "ok", release_of(host, "hitcounter"))
+    assert ".env" in entry["changes"] and entry["images"]["web"].startswith("hitcounter-app:"), entry
 
 
 def test_web_limit_change_rolls_out_with_no_failed_request_and_keeps_redis(host, drill):
@@ -88,6 +90,7 @@ def test_rollback_goes_to_the_previous_release_with_no_failed_request(host, stac
     output = drill(lambda: run_playbook("rollback.yml"))
     assert output[0] == 0, failure_report(output[1])
     assert_web_replicas(host, stack_vars["hitcounter_web_memory"], "2")
+    assert_last_history_entry(host, "hitcounter", "rollback", "ok", release_of(host, "hitcounter"))
 
 
 def test_graceful_restart_of_one_replica_costs_no_request(host, drill):
@@ -134,6 +137,9 @@ def test_bad_deploy_is_rolled_back_with_no_failed_request_and_the_next_good_run_
     assert "the previous release is still live" in output, output[-6000:]
     assert replicas(host, "hitcounter") == live, "the live replicas were touched"
     assert host.file("/opt/hitcounter/.env").content_string == env, "the failed release's files stayed"
+    failed = deploy_history(host, "hitcounter")[-1]
+    assert (failed["action"], failed["result"]) == ("deploy", "rolled back") and failed["error"], failed
+    assert failed["release"] != release_of(host, "hitcounter") and ".env" in failed["changes"], failed
 
     playbook()
     assert_web_replicas(host, stack_vars["hitcounter_web_memory"], "2")

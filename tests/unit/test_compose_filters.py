@@ -183,3 +183,19 @@ def test_definition_merges_a_data_service_its_volumes_secrets_and_what_web_gets_
     tuned = definition({"services": {"web": {}, "db": {"stop_grace_period": "90s"}}}, datastore=datastore)
     assert tuned["services"]["db"]["stop_grace_period"] == "90s" and tuned["services"]["db"]["image"] == "postgres:17"
     assert "datastore" not in definition()["x-compose-stack"]
+
+
+def test_history_table_shows_the_last_entries_oldest_first_with_who_what_and_why():
+    entries = [{"time": f"2026-12-03T10:0{n}:00Z", "action": "deploy", "result": "ok", "release": f"r{n}",
+                "user": "ops", "controller": "laptop", "changes": [".env"]} for n in range(3)]
+    entries.append({"time": "2026-12-03T10:09:00Z", "action": "deploy", "result": "rolled back", "release": "bad",
+                    "user": "ops", "controller": "laptop", "changes": [], "error": "web-3 unhealthy\nmore"})
+    history = "\n".join(json.dumps(entry) for entry in entries) + "\n{\"cut off"
+    table = compose.compose_stack_history_table(history, 3)
+    assert table[0].split() == ["time", "(UTC)", "action", "result", "release", "by", "changes"]
+    assert [row.split()[:3] for row in table[1:]] == [["2026-12-03T10:02:00Z", "deploy", "ok"],
+                                                        ["2026-12-03T10:09:00Z", "deploy", "rolled"], ["?", "?", "unreadable"]]
+    assert "r2" in table[1] and "ops@laptop" in table[1] and table[1].endswith(".env")
+    assert table[2].endswith("- (web-3 unhealthy)")
+    assert table[0].index("action") == table[1].index("deploy") == table[2].index("deploy"), "the columns are not aligned"
+    assert compose.compose_stack_history_table("", 5) == ["time (UTC)  action  result  release  by  changes"]

@@ -16,7 +16,9 @@ compose_stack_swarm_failed_updates: the services whose update a stack deploy sta
 rolled back.
 compose_stack_swarm_versions: the services' versions in `docker service inspect` output (a deploy
 records them; the next one is skipped when no service changed since).
-compose_stack_invalid_cidrs: the entries of compose_stack_allowed_sources that are not IPv4 networks."""
+compose_stack_invalid_cidrs: the entries of compose_stack_allowed_sources that are not IPv4 networks.
+compose_stack_history_table: the last entries of a stack's deploy history (JSON lines written by
+tasks/history-append.yml) as the rows of a table, for playbooks/history.yml."""
 
 import csv
 import hashlib
@@ -307,6 +309,28 @@ def compose_stack_invalid_cidrs(sources):
     return invalid
 
 
+def compose_stack_history_table(history, last=20):
+    """A header and one row per entry, oldest first, of the last `last` JSON lines of `history`
+    (a line that is not JSON, say cut off by a full disk, is shown as such, not dropped)."""
+    columns = ("time (UTC)", "action", "result", "release", "by", "changes")
+    rows = []
+    for line in [line for line in str(history).splitlines() if line.strip()][-int(last):]:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            rows.append(("?", "?", "unreadable", "", "", line[:60]))
+            continue
+        by = f"{entry.get('user', '?')}@{entry.get('controller', '?')}"
+        changes = ", ".join(entry.get("changes") or []) or "-"
+        if entry.get("error"):
+            changes += f" ({entry['error'].splitlines()[0][:80]})"
+        rows.append((entry.get("time", "?"), entry.get("action", "?"), entry.get("result", "?"),
+                     entry.get("release", "?"), by, changes))
+    widths = [max(len(str(row[index])) for row in [columns, *rows]) for index in range(len(columns) - 1)]
+    return ["  ".join([str(cell).ljust(width) for cell, width in zip(row, widths)] + [str(row[-1])]).rstrip()
+            for row in [columns, *rows]]
+
+
 def _swarm_port(port, mode):
     """A compose port ("[address:]published:target") in Swarm's long syntax (no bind address)."""
     published, target = str(port).split(":")[-2:]
@@ -320,4 +344,5 @@ class FilterModule:
                 "compose_stack_proxy_up": compose_stack_proxy_up, "compose_stack_swarm": compose_stack_swarm,
                 "compose_stack_swarm_versions": compose_stack_swarm_versions,
                 "compose_stack_swarm_failed_updates": compose_stack_swarm_failed_updates,
-                "compose_stack_invalid_cidrs": compose_stack_invalid_cidrs}
+                "compose_stack_invalid_cidrs": compose_stack_invalid_cidrs,
+                "compose_stack_history_table": compose_stack_history_table}
