@@ -226,6 +226,16 @@ def wait_until_the_proxy_routes(host, project, timeout=30):
     wait_for(f"the {project} proxy to see a replica up", lambda: "UP" in proxy_health_view(host, project).values(), timeout)
 
 
+# An HAProxy httplog line: timers, status, bytes, two cookies, termination state.
+PROXY_REQUEST = re.compile(r" -?\d+/-?\d+/-?\d+/-?\d+/\+?-?\d+ (-1|\d{3}) \S+ \S+ \S+ (\S{4}) ")
+
+
+def proxy_failure(line):
+    """A server change, or a request that got no 2xx/3xx or whose session ended abnormally."""
+    request = PROXY_REQUEST.search(line)
+    return "Server " in line if not request else request[1][0] not in "23" or request[2] != "----"
+
+
 class PacedLoad:
     """scripts/paced-load.py in the background on the staging host (loopback traffic only):
     RATE requests/s, a new connection each, until the block ends; .result holds its figures."""
@@ -253,8 +263,11 @@ class PacedLoad:
         output = wait_for("the paced load to report", lambda: self.host.run("cat /root/paced-load.json").stdout.strip(), 30)
         self.result = json.loads(output)
         if self.result["failed"] and self.proxy:
-            # The proxy logs only requests that failed or were retried: why each one failed.
-            self.result["proxy_log"] = self.host.run(f"docker logs --since {self.started} {self.proxy} 2>&1 | tail -40").stdout
+            # The proxy logs only requests that failed or were retried: the failed ones (status and
+            # termination state say why) and server changes first, then the log's tail.
+            log = self.host.run(f"docker logs --since {self.started} {self.proxy} 2>&1").stdout.splitlines()
+            self.result["proxy_failures"] = [line for line in log if proxy_failure(line)][:40]
+            self.result["proxy_log_tail"] = log[-20:]
         return False
 
     def report(self):
