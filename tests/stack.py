@@ -233,7 +233,10 @@ PROXY_REQUEST = re.compile(r" -?\d+/-?\d+/-?\d+/-?\d+/\+?-?\d+ (-1|\d{3}) \S+ \S
 def proxy_failure(line):
     """A server change, or a request that got no 2xx/3xx or whose session ended abnormally."""
     request = PROXY_REQUEST.search(line)
-    return "Server " in line if not request else request[1][0] not in "23" or request[2] != "----"
+    if request:
+        status, state = request.groups()
+        return status[0] not in "23" or state != "----"
+    return "Server " in line
 
 
 class PacedLoad:
