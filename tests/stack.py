@@ -245,8 +245,9 @@ class PacedLoad:
 
     SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "paced-load.py")
 
-    def __init__(self, host, url, rate=50, threads=8, name_prefix="", proxy=""):
+    def __init__(self, host, url, rate=50, threads=8, name_prefix="", proxy="", cafile=""):
         self.host, self.url, self.rate, self.threads, self.result = host, url, rate, threads, None
+        self.cafile = cafile  # an https URL's CA on the staging host (each request verifies the chain)
         self.name_prefix = name_prefix  # POST /users of a new name each (scripts/paced-load.py)
         self.proxy = proxy  # the entry proxy's container: its log of failed requests goes into .result
 
@@ -255,7 +256,8 @@ class PacedLoad:
             script = handle.read()
         self.started = self.host.check_output("date +%s")
         self.host.check_output(f"cat > /root/paced-load.py <<'EOF'\n{script}\nEOF\nrm -f /root/paced-load.stop /root/paced-load.json")
-        self.host.check_output(f"setsid nohup python3 /root/paced-load.py {shlex.quote(self.url)} {self.rate} {self.threads} "
+        trust = f"SSL_CERT_FILE={shlex.quote(self.cafile)} " if self.cafile else ""
+        self.host.check_output(f"{trust}setsid nohup python3 /root/paced-load.py {shlex.quote(self.url)} {self.rate} {self.threads} "
                                f"/root/paced-load.stop {shlex.quote(self.name_prefix)} >/root/paced-load.json 2>&1 </dev/null &")
         time.sleep(2)
         return self

@@ -1,10 +1,11 @@
 """Invalid variables stop the play before any change (changes that roll out: test_zero_downtime.py)."""
 
 import json
+import os
 
 import pytest
 
-from conftest import recap_changed, run_playbook
+from conftest import PROJECT_DIR, recap_changed, run_playbook
 from stack import inspect, replicas
 from test_hitcounter import REDIS
 
@@ -26,6 +27,10 @@ def unchanged_stack(host):
     ({"hitcounter_restart_policy": "sometimes"}, "value of hitcounter_restart_policy must be one of"),
     ({"hitcounter_workers": "many"}, "argument 'hitcounter_workers' is of type str and we were unable to convert to int"),
     ({"app_stack": "wordpress"}, "app_stack is \"wordpress\"; choose one of"),
+    ({"compose_stack_tls": "on"}, "compose_stack_tls is \"on\": choose none, provided or self-signed"),
+    # The scenario's certificate "a" with the key of "b" (molecule/kit/make-test-ca).
+    ({"compose_stack_tls_private_key_file": os.path.join(PROJECT_DIR, ".cache", "tls", "b.key")},
+     "(CN=staging a, valid until 20"),
 ])
 def test_invalid_variables_stop_before_any_change(unchanged_stack, extra_vars, message):
     rc, output = run_playbook("site.yml", "-e", json.dumps(extra_vars))

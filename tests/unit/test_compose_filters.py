@@ -199,3 +199,8 @@ def test_history_table_shows_the_last_entries_oldest_first_with_who_what_and_why
     assert table[2].endswith("- (web-3 unhealthy)")
     assert table[0].index("action") == table[1].index("deploy") == table[2].index("deploy"), "the columns are not aligned"
     assert compose.compose_stack_history_table("", 5) == ["time (UTC)  action  result  release  by  changes"]
+
+
+def test_subject_alt_names_tell_ip_addresses_from_dns_names():
+    assert compose.compose_stack_subject_alt_names(["staging-1", "localhost", "127.0.0.1", "::1"]) == \
+        "DNS:staging-1,DNS:localhost,IP:127.0.0.1,IP:::1"

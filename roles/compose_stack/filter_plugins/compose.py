@@ -17,6 +17,7 @@ rolled back.
 compose_stack_swarm_versions: the services' versions in `docker service inspect` output (a deploy
 records them; the next one is skipped when no service changed since).
 compose_stack_invalid_cidrs: the entries of compose_stack_allowed_sources that are not IPv4 networks.
+compose_stack_subject_alt_names: a certificate's subjectAltName value (DNS:... and IP:...) for names.
 compose_stack_history_table: the last entries of a stack's deploy history (JSON lines written by
 tasks/history-append.yml) as the rows of a table, for playbooks/history.yml."""
 
@@ -298,6 +299,16 @@ def compose_stack_swarm_versions(output):
     return "\n".join(sorted(f"{name} {version}" for name, version, _ in _swarm_inspected(output)))
 
 
+def compose_stack_subject_alt_names(names):
+    """openssl's subjectAltName value for DNS names and IP addresses: "DNS:web1,IP:127.0.0.1"."""
+    def entry(name):
+        try:
+            return f"IP:{ipaddress.ip_address(name)}"
+        except ValueError:
+            return f"DNS:{name}"
+    return ",".join(entry(str(name)) for name in names)
+
+
 def compose_stack_invalid_cidrs(sources):
     """The entries of a list that are not IPv4 networks ("192.0.2.0/24", "198.51.100.7")."""
     invalid = []
@@ -344,5 +355,5 @@ class FilterModule:
                 "compose_stack_proxy_up": compose_stack_proxy_up, "compose_stack_swarm": compose_stack_swarm,
                 "compose_stack_swarm_versions": compose_stack_swarm_versions,
                 "compose_stack_swarm_failed_updates": compose_stack_swarm_failed_updates,
-                "compose_stack_invalid_cidrs": compose_stack_invalid_cidrs,
+                "compose_stack_invalid_cidrs": compose_stack_invalid_cidrs, "compose_stack_subject_alt_names": compose_stack_subject_alt_names,
                 "compose_stack_history_table": compose_stack_history_table}
