@@ -190,13 +190,15 @@ class StagingHost:
         return result
 
 
-def under_load(host, path, action, rate=EVENT_RATE):
-    """Runs action() under a paced load, from 3 s before to 3 s after it; returns the load's figures."""
+def under_load(host, path, action, rate=EVENT_RATE, base="http://127.0.0.1:8000", cafile=""):
+    """Runs action() under a paced load on base + path (https: verified against `cafile` on the
+    host), from 3 s before to 3 s after it; returns the load's figures."""
     host.sh("rm -f /tmp/stop-load")
     result = {}
     threads = 16 if rate > 100 else 8
+    trust = f"SSL_CERT_FILE={cafile} " if cafile else ""
     load = threading.Thread(target=lambda: result.update(json.loads(host.sh(
-        f"python3 - http://127.0.0.1:8000{path} {rate} {threads} /tmp/stop-load <<'EOF'\n{PACED_LOAD}\nEOF"))))
+        f"{trust}python3 - {base}{path} {rate} {threads} /tmp/stop-load <<'EOF'\n{PACED_LOAD}\nEOF"))))
     load.start()
     time.sleep(3)
     action()
@@ -204,6 +206,17 @@ def under_load(host, path, action, rate=EVENT_RATE):
     host.sh("touch /tmp/stop-load")
     load.join()
     return result
+
+
+def tls_args(host, certificate):
+    """site.yml arguments for TLS with a certificate ("a" or "b") of the kit's test CA
+    (molecule/kit/make-test-ca); the CA's root goes to /root/bench-ca.crt on the host."""
+    tls = os.path.join(PROJECT, ".cache", "tls")
+    with open(os.path.join(tls, "ca.crt")) as handle:
+        host.sh(f"cat > /root/bench-ca.crt <<'EOF'\n{handle.read()}\nEOF")
+    return ["-e", json.dumps({"compose_stack_tls": "provided",
+                              "compose_stack_tls_certificate_file": os.path.join(tls, f"{certificate}.chain.pem"),
+                              "compose_stack_tls_private_key_file": os.path.join(tls, f"{certificate}.key")})]
 
 
 def wait(what, check, timeout=60):

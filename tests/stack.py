@@ -61,9 +61,9 @@ def wait_for(what, check, timeout, interval=0.5):
         time.sleep(interval)
 
 
-def http(host, url, method="GET", body=None, content_type="application/json", headers=None):
-    """(status, body) of a request sent from the staging host itself."""
-    command = f"curl -s --max-time 15 -X {method} -w '\\n%{{http_code}}'"
+def http(host, url, method="GET", body=None, content_type="application/json", headers=None, cacert=""):
+    """(status, body) of a request sent from the staging host itself (an https URL verified against `cacert`)."""
+    command = f"curl -s --max-time 15 -X {method} -w '\\n%{{http_code}}'" + (f" --cacert {shlex.quote(cacert)}" if cacert else "")
     command += "".join(f" -H {shlex.quote(f'{name}: {value}')}" for name, value in (headers or {}).items())
     if body is not None:
         command = f"printf %s {shlex.quote(body)} | {command} -H 'Content-Type: {content_type}' --data-binary @-"
@@ -83,9 +83,9 @@ def page_count(host, url):
     return int(re.fullmatch(r"Hello World! (\d+) times\.", body).group(1))
 
 
-def post_user(host, api, name):
+def post_user(host, api, name, cacert=""):
     """POST /users on the users API at `api`; returns the created user."""
-    status, body = http(host, f"{api}/users", "POST", json.dumps({"name": name}))
+    status, body = http(host, f"{api}/users", "POST", json.dumps({"name": name}), cacert=cacert)
     assert status == 201, body
     return json.loads(body)
 

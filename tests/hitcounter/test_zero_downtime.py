@@ -7,6 +7,7 @@ import os
 import shutil
 
 import pytest
+import yaml
 
 from conftest import PROJECT_DIR, changed_tasks, failure_report, recap_changed, run_playbook
 from stack import (PacedLoad, assert_last_history_entry, assert_quick_json_503_while_down, container_env, crash_main_process, deploy_history, inspect, kill_in_container,
@@ -91,6 +92,39 @@ def test_rollback_goes_to_the_previous_release_with_no_failed_request(host, stac
     assert output[0] == 0, failure_report(output[1])
     assert_web_replicas(host, stack_vars["hitcounter_web_memory"], "2")
     assert_last_history_entry(host, "hitcounter", "rollback", "ok", release_of(host, "hitcounter"))
+
+
+def kept_releases(host):
+    """Ids of the releases the host keeps for rollback_to, newest first."""
+    return host.check_output("ls -t /opt/hitcounter/releases").split()
+
+
+def previous_release(host):
+    compose = yaml.safe_load(host.file("/opt/hitcounter/previous/compose.yaml").content_string)
+    return compose["services"]["web"]["labels"]["compose-stack.release"]
+
+
+def test_rollback_to_a_kept_release_skips_the_previous_one_with_no_failed_request(host, drill):
+    def two_back():
+        return [release for release in kept_releases(host) if release not in (previous_release(host), release_of(host, "hitcounter"))]
+    if not two_back():  # run alone on a fresh host: two deploys keep the live release two back
+        for name in ("one", "two"):
+            playbook("-e", json.dumps({"hitcounter_env": {"DRILL": f"rollback-to-{name}"}}))
+    live, kept, target = release_of(host, "hitcounter"), kept_releases(host), two_back()[0]
+    assert len(kept) <= host.ansible.get_variables().get("compose_stack_keep_releases", 3), kept
+
+    rc, output = run_playbook("rollback.yml", "-e", "rollback_to=0123456789abcdef")
+    assert rc != 0 and f"keeps no release 0123456789abcdef of hitcounter; it keeps {', '.join(kept)} (newest first" in output, failure_report(output)
+    assert release_of(host, "hitcounter") == live
+
+    rc, output = drill(lambda: run_playbook("rollback.yml", "-e", f"rollback_to={target}"))
+    assert rc == 0, failure_report(output)
+    assert release_of(host, "hitcounter") == target
+    entry = assert_last_history_entry(host, "hitcounter", "rollback", "ok", target)
+    deployed = next(line for line in deploy_history(host, "hitcounter") if line["release"] == target)
+    assert entry["images"] == deployed["images"], (entry, deployed)
+    # The release it left is kept (newest), and previous/ is that one: a plain rollback goes forward again.
+    assert kept_releases(host)[0] == previous_release(host) == live
 
 
 def test_graceful_restart_of_one_replica_costs_no_request(host, drill):

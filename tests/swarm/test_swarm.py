@@ -167,6 +167,20 @@ def test_the_page_answers_on_every_node():
         assert status == 200 and re.fullmatch(r"Hello World! \d+ times\.", body), (name, body)
 
 
+def test_https_on_every_node_from_the_managers_certificate_as_a_swarm_secret(manager):
+    """compose_stack_tls: self-signed (the scenario): made once on the manager, handed to every
+    node's proxy as a Swarm secret (its name carries the PEM's checksum), readable by uid 99 alone."""
+    certificate = manager.check_output("openssl x509 -in /opt/hitcounter/tls/self-signed.pem")
+    secrets = service_spec(manager, "hitcounter_proxy")["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]
+    assert [(s["File"]["Name"], s["File"]["UID"], s["File"]["Mode"]) for s in secrets] == [("proxy_tls.pem", "99", 0o400)], secrets
+    assert re.fullmatch(r"hitcounter_proxy_tls_[0-9a-f]{12}", secrets[0]["SecretName"]), secrets
+    for name in NODES:
+        node = node_host(name)
+        node.check_output(f"cat > /root/cluster-tls.crt <<'EOF'\n{certificate}\nEOF")
+        result = node.run("curl -s --max-time 10 --cacert /root/cluster-tls.crt https://127.0.0.1:8443/")
+        assert result.rc == 0 and re.fullmatch(r"Hello World! \d+ times\.", result.stdout), (name, result.stdout, result.stderr)
+
+
 def test_the_count_is_exact_across_nodes():
     urls = [f"http://{node_address(name)}:{PORT}/" for name in NODES]
     before = count(urls[0])

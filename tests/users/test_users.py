@@ -57,6 +57,21 @@ def test_web_port_is_published_and_the_database_port_is_not(host, stack_vars):
     assert not [socket for socket in listening if socket.endswith(":5432")], listening
 
 
+def test_https_with_the_certificate_the_host_made_for_itself(host):
+    """compose_stack_tls: self-signed (the scenario): made once on the host for its inventory name,
+    localhost and 127.0.0.1; a client that trusts that certificate gets the API over HTTPS."""
+    pem = host.file("/opt/users/tls/self-signed.pem")
+    assert (pem.uid, pem.mode) == (99, 0o400)
+    host.check_output(f"openssl x509 -in {pem.path} -out /root/users-tls.crt")
+    names = host.check_output("openssl x509 -in /root/users-tls.crt -noout -subject -ext subjectAltName")
+    assert "CN=staging-1" in names.replace(" = ", "=") and "DNS:localhost" in names and "IP Address:127.0.0.1" in names, names
+    for url in ("https://127.0.0.1:8443/users?limit=1", "https://localhost:8443/healthz"):
+        result = host.run(f"curl -s --max-time 10 --cacert /root/users-tls.crt -o /dev/null -w '%{{http_code}}' {url}")
+        assert (result.rc, result.stdout) == (0, "200"), (url, result.stderr)
+    user = post_user(host, "https://127.0.0.1:8443", "Radia Perlman", cacert="/root/users-tls.crt")
+    assert http(host, f"http://127.0.0.1:{host.ansible.get_variables()['users_port']}/users/{user['id']}")[0] == 200
+
+
 def test_post_then_get_round_trip(host, api):
     user = post_user(host, api, "Grace Hopper")
     status, body = http(host, f"{api}/users/{user['id']}")
