@@ -21,9 +21,9 @@ def maintenance(state):
     return output
 
 
-def headers_and_body(host, url, accept):
+def headers_and_body(host, url, accept, curl_options=""):
     """(status, headers (lower-case names), body) of one GET with this Accept header."""
-    result = host.run(f"curl -s -D - --max-time 10 -H {shlex.quote('Accept: ' + accept)} {shlex.quote(url)}")
+    result = host.run(f"curl -s -D - --max-time 10 {curl_options} -H {shlex.quote('Accept: ' + accept)} {shlex.quote(url)}")
     head, _, body = result.stdout.replace("\r\n", "\n").partition("\n\n")
     status_line, *lines = head.splitlines()
     return int(status_line.split()[1]), dict(line.lower().split(": ", 1) for line in lines), body

@@ -7,12 +7,12 @@ HTTPS request."""
 import json
 import os
 import re
-import shlex
 
 import pytest
 
 from conftest import PROJECT_DIR
 from stack import PacedLoad, http, inspect, wait_for
+from test_edge import headers_and_body
 from test_hitcounter import hits_in_redis, page_url  # noqa: F401 (page_url is a fixture)
 from test_zero_downtime import PROXY, playbook
 
@@ -50,12 +50,6 @@ def served_chain(host, ca):
     rc, output = handshake(host, "-showcerts", "-verify_return_error", "-CAfile", ca)
     assert rc == 0 and "Verify return code: 0 (ok)" in output, output
     return re.findall(r"^ *\d+ s:(.*)$", output, re.MULTILINE)
-
-
-def response_headers(host, url, *options):
-    """The status line and header lines (lower case) of a GET."""
-    output = host.check_output(f"curl -s -o /dev/null -D - --max-time 10 {' '.join(options)} {shlex.quote(url)}")
-    return [line.strip().lower() for line in output.splitlines()]
 
 
 def test_https_serves_the_certificate_and_its_chain_to_a_client_that_trusts_the_root(host, ca, page_url):
@@ -113,9 +107,10 @@ def test_a_new_certificate_redirect_and_hsts_load_with_no_failed_https_request(h
         assert inspect(host, PROXY)["State"]["StartedAt"] == proxy_started, "the proxy was restarted, not reloaded"
         assert not any(line in output for line in key_lines("b.key")), "the key is in the playbook's output"
         plain = f"http://127.0.0.1:{stack_vars['hitcounter_port']}/some/path?q=1"
-        headers = response_headers(host, plain)
-        assert headers[0].startswith("http/1.1 308") and "location: https://127.0.0.1:8443/some/path?q=1" in headers, headers
-        assert "strict-transport-security: max-age=31536000" in response_headers(host, HTTPS, f"--cacert {ca}")
+        status, headers, _ = headers_and_body(host, plain, "*/*")
+        assert (status, headers.get("location")) == (308, "https://127.0.0.1:8443/some/path?q=1"), headers
+        _, headers, _ = headers_and_body(host, HTTPS, "*/*", f"--cacert {ca}")
+        assert headers.get("strict-transport-security") == "max-age=31536000", headers
     finally:
         playbook()  # back to the inventory's certificate, no redirect, no HSTS
     assert served_chain(host, ca)[0] == "CN=staging a"
