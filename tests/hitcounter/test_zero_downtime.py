@@ -165,7 +165,7 @@ def test_bad_deploy_is_rolled_back_with_no_failed_request_and_the_next_good_run_
     live = replicas(host, "hitcounter")
     env = host.file("/opt/hitcounter/.env").content_string
     # Port 1 has no Redis: the new replicas never pass /healthz.
-    bad_release = {"hitcounter_env": {"PORT_REDIS": "1"}, "compose_stack_wait_timeout": 60}
+    bad_release = {"hitcounter_env": {"PORT_REDIS": "1"}, "compose_stack_wait_timeout": 20}
     rc, output = drill(lambda: run_playbook("site.yml", "-e", json.dumps(bad_release)))
     assert rc != 0, output[-6000:]
     assert "the previous release is still live" in output, output[-6000:]

@@ -210,7 +210,7 @@ def test_rolling_run_stops_at_an_unhealthy_host_and_the_others_keep_serving(coun
     try:
         # Redis has 16 databases: db 99 passes the variable checks but fails the app's health check.
         rc, output = run_playbook("site.yml", "-e", json.dumps({"hitcounter_redis_db": 99, "users_threads": 4,
-                                                               "compose_stack_wait_timeout": 60}))
+                                                               "compose_stack_wait_timeout": 20}))
         assert rc != 0, output
         assert "Stack hitcounter did not come up healthy" in output
         recap = output.split("PLAY RECAP", 1)[1]
