@@ -1,5 +1,5 @@
-"""The hit counter on a 3-node Swarm cluster (staging-1: manager with the data label; staging-2 and
-staging-3: workers), deployed by site.yml's cluster play: nodes, placement and limits, the page
+"""The hit counter on a 3-node Swarm cluster (swarm-1: manager with the data label; swarm-2 and
+swarm-3: workers), deployed by site.yml's cluster play: nodes, placement and limits, the page
 on every node, an exact count across nodes, a rolling update and rollback.yml under paced load, an
 automatic rollback, a service changed by hand, backup and restore of Redis on the data node, the
 loss of a worker, a node that leaves and joins again, and three managers. Each test starts from
@@ -22,8 +22,8 @@ import yaml
 from conftest import PROJECT_DIR, changed_tasks, failure_report, recap_changed, run_playbook
 from stack import PacedLoad, inspect, size_in_bytes, wait_for
 
-NODES = ["staging-1", "staging-2", "staging-3"]
-MANAGER, DATA_NODE = "staging-1", "staging-1"
+NODES = ["swarm-1", "swarm-2", "swarm-3"]
+MANAGER, DATA_NODE = "swarm-1", "swarm-1"
 PORT = 8080
 WEB, REDIS = "hitcounter_web", "hitcounter_redis"
 RELEASE_LABEL = "compose-stack.release"
@@ -128,10 +128,10 @@ def test_nodes_roles_and_labels(manager, stack_vars):
     assert sorted(found) == NODES
     assert all(node["Status"] == "Ready" and node["Availability"] == "Active" for node in found.values()), found
     assert found[MANAGER]["ManagerStatus"] == "Leader"
-    assert not found["staging-2"]["ManagerStatus"] and not found["staging-3"]["ManagerStatus"]
+    assert not found["swarm-2"]["ManagerStatus"] and not found["swarm-3"]["ManagerStatus"]
     labels = {name: json.loads(manager.check_output(f"docker node inspect {name} --format '{{{{json .Spec.Labels}}}}'"))
               for name in NODES}
-    assert labels == {MANAGER: {"stack-data": "true"}, "staging-2": {}, "staging-3": {}}
+    assert labels == {MANAGER: {"stack-data": "true"}, "swarm-2": {}, "swarm-3": {}}
     # Swarm refuses live-restore; the engine role wrote it off before the engine started.
     for name in NODES:
         assert json.loads(node_host(name).file("/etc/docker/daemon.json").content_string)["live-restore"] is False
@@ -217,7 +217,7 @@ def test_a_service_changed_by_hand_is_put_back(manager, stack_vars):
 
 
 def test_backup_and_restore_on_the_data_node(manager, tmp_path):
-    url = f"http://{node_address('staging-2')}:{PORT}/"
+    url = f"http://{node_address('swarm-2')}:{PORT}/"
     saved = count(url)
     rc, output = run_playbook("backup.yml", "-e", f"backup_dir={tmp_path}")
     assert rc == 0, failure_report(output)
@@ -265,18 +265,18 @@ def test_losing_a_worker_reschedules_its_replicas(manager, stack_vars):
 
 
 def test_a_node_leaves_and_joins_again(manager, stack_vars):
-    leaving = write_inventory({"swarm_managers": [MANAGER], "swarm_workers": ["staging-2"], "swarm_leaving": ["staging-3"]})
+    leaving = write_inventory({"swarm_managers": [MANAGER], "swarm_workers": ["swarm-2"], "swarm_leaving": ["swarm-3"]})
     try:
         playbook(inventory=leaving)
     finally:
         os.remove(leaving)
-    assert sorted(nodes(manager)) == ["staging-1", "staging-2"]
-    assert node_host("staging-3").check_output("docker info --format '{{.Swarm.LocalNodeState}}'") == "inactive"
+    assert sorted(nodes(manager)) == ["swarm-1", "swarm-2"]
+    assert node_host("swarm-3").check_output("docker info --format '{{.Swarm.LocalNodeState}}'") == "inactive"
     wait_for_replicas(manager, int(stack_vars["hitcounter_web_replicas"]))
-    assert count(f"http://{node_address('staging-2')}:{PORT}/") > 0
+    assert count(f"http://{node_address('swarm-2')}:{PORT}/") > 0
     # Listed again as a worker: it joins, and the cluster is as before.
     playbook()
-    assert sorted(nodes(manager)) == NODES and nodes(manager)["staging-3"]["Status"] == "Ready"
+    assert sorted(nodes(manager)) == NODES and nodes(manager)["swarm-3"]["Status"] == "Ready"
     assert_converged()
 
 
@@ -286,16 +286,16 @@ def test_three_managers_keep_a_quorum_when_one_is_lost(manager):
         playbook(inventory=all_managers)
         found = nodes(manager)
         assert sorted(node["ManagerStatus"] for node in found.values()) == ["Leader", "Reachable", "Reachable"], found
-        subprocess.run(["docker", "stop", "staging-3"], check=True, capture_output=True)
+        subprocess.run(["docker", "stop", "swarm-3"], check=True, capture_output=True)
         # Two of three managers are a majority: the cluster still takes changes.
-        wait_for("staging-3 to be seen down", lambda: nodes(manager)["staging-3"]["Status"] == "Down", 60, interval=2)
-        manager.check_output("docker node update --label-add drill=quorum staging-2")
-        manager.check_output("docker node update --label-rm drill staging-2")
-        subprocess.run(["docker", "start", "staging-3"], check=True, capture_output=True)
-        wait_for("staging-3 to be ready again", lambda: nodes(manager)["staging-3"]["Status"] == "Ready", 180, interval=2)
+        wait_for("swarm-3 to be seen down", lambda: nodes(manager)["swarm-3"]["Status"] == "Down", 60, interval=2)
+        manager.check_output("docker node update --label-add drill=quorum swarm-2")
+        manager.check_output("docker node update --label-rm drill swarm-2")
+        subprocess.run(["docker", "start", "swarm-3"], check=True, capture_output=True)
+        wait_for("swarm-3 to be ready again", lambda: nodes(manager)["swarm-3"]["Status"] == "Ready", 180, interval=2)
     finally:
         os.remove(all_managers)
-    # The scenario's inventory again: staging-2 and staging-3 are demoted to workers.
+    # The scenario's inventory again: swarm-2 and swarm-3 are demoted to workers.
     playbook()
     assert [name for name, node in nodes(manager).items() if node["ManagerStatus"]] == [MANAGER]
     assert_converged()

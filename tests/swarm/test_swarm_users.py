@@ -100,7 +100,7 @@ def test_a_rolling_update_under_post_load_fails_no_request_and_stores_each_row_o
 
 
 def test_backup_and_restore_of_postgres_on_the_data_node(users_cluster, tmp_path):
-    url = f"http://{node_address('staging-3')}:{PORT}/users"
+    url = f"http://{node_address('swarm-3')}:{PORT}/users"
     assert post(url, "kept-by-backup") == 201
     rc, output = run_playbook("backup.yml", *USERS, "-e", f"backup_dir={tmp_path}")
     assert rc == 0, failure_report(output)
