@@ -84,14 +84,30 @@ def run_playbook(playbook, *args, inventory=None):
 
 
 def failure_report(output, tail=3000):
-    """A failed playbook run, most telling first: each error with the task it names (Ansible
-    prints the task's file, line and name under it) and each failed result, then the output's
-    last lines (often container logs)."""
+    """A failed playbook run, most telling first: one line naming the task that stopped the play
+    and its message (pytest's summary, and so CI's tail, shows only a message's first line), then
+    each error with the task it names (Ansible prints the task's file, line and name under it)
+    and each failed result, then the output's last lines (often container logs)."""
     lines = output.splitlines()
-    failures = ["\n".join(lines[number:number + 12]) for number, line in enumerate(lines)
-                if line.startswith("[ERROR]") or re.match(r"(fatal|failed): \[", line)]
+    failed = [number for number, line in enumerate(lines)
+              if line.startswith("[ERROR]") or re.match(r"(fatal|failed): \[", line)]
+    failures = ["\n".join(lines[number:number + 12]) for number in failed]
     head = "\n\n".join(failures) if failures else "(no failed task in the output)"
-    return f"FAILED TASKS:\n{head}\n\nLAST LINES:\n{output[-tail:]}"
+    return f"FAILED TASKS: {last_failure(lines, failed)}\n{head}\n\nLAST LINES:\n{output[-tail:]}"
+
+
+def last_failure(lines, failed, limit=400):
+    """`TASK [name] host: message` of the last failed result (the one that stopped the play), or
+    the first error when no task failed (a playbook that does not parse)."""
+    results = [number for number in failed if not lines[number].startswith("[ERROR]")]
+    if not results:
+        return lines[failed[0]][:limit] if failed else "(no failed task in the output)"
+    result = lines[results[-1]]
+    task = next((line.split(" ***", 1)[0].strip() for line in reversed(lines[:results[-1]])
+                 if line.startswith("TASK [")), "TASK [?]")
+    host = re.match(r"\w+: \[([^\]]+)\]", result).group(1)
+    message = re.search(r'"msg": "((?:[^"\\]|\\.)*)"', result)
+    return f"{task} {host}: {(message.group(1) if message else result)[:limit]}"
 
 
 def changed_tasks(output):

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import tarfile
+import tempfile
 
 
 def pack(sources):
@@ -40,9 +41,12 @@ def main():
         changed = True
     if changed:
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        with open(out + ".tmp", "wb") as handle:
+        # A temporary file of its own: another run on this controller may pack the same context
+        # at once, and a reader sees the old file or the new one, whole.
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(out), prefix=os.path.basename(out) + ".", delete=False) as handle:
             handle.write(data)
-        os.replace(out + ".tmp", out)
+        os.chmod(handle.name, 0o644)
+        os.replace(handle.name, out)
     print(json.dumps({"changed": changed, "sha256": hashlib.sha256(data).hexdigest()}))
 
 
