@@ -80,4 +80,5 @@ prepare-machine:
 kit: prepare-machine
 	molecule/kit/build-images
 	molecule/kit/make-test-ca .cache/tls
+	molecule/kit/registry .cache/tls
 	@for image in python haproxy redis postgres; do molecule/kit/build-images --save .cache/images/$$image.tar $$image; done
