@@ -56,6 +56,20 @@ def test_release_label_follows_the_web_definition_and_env_but_not_the_replica_co
     assert definition(other_db)["services"]["web"]["labels"][LABEL] == release
 
 
+def test_pinned_images_give_each_tag_its_registry_digest_and_the_definition_uses_them():
+    images = [{"RepoTags": ["redis:7.4"], "RepoDigests": ["redis@sha256:aa"]},
+              {"RepoTags": ["registry.kit:5444/s-app:1", "s-app:1"], "RepoDigests": ["registry.kit:5444/s-app@sha256:bb"]},
+              {"RepoTags": ["haproxy:3.0"], "RepoDigests": []}]  # loaded from an archive: no digest
+    pinned = compose.compose_stack_pinned_images(images)
+    assert pinned == {"redis:7.4": "redis:7.4@sha256:aa", "registry.kit:5444/s-app:1": "registry.kit:5444/s-app:1@sha256:bb"}
+    plain = definition()
+    pinned_web = definition(images={"app:1": "app:1@sha256:cc", "db:1": "db:1@sha256:dd"})
+    assert [pinned_web["services"][name]["image"] for name in ("web", "db", "proxy")] == ["app:1@sha256:cc", "db:1@sha256:dd", "haproxy:3.0"]
+    assert compose.compose_stack_web_image(pinned_web) == "app:1@sha256:cc"
+    # The same tag with another digest is another release.
+    assert pinned_web["services"]["web"]["labels"][LABEL] != plain["services"]["web"]["labels"][LABEL]
+
+
 def test_definition_refuses_a_template_without_the_web_service_or_with_a_proxy_service():
     with pytest.raises(AnsibleFilterError, match="defines no service 'web'.*it defines: db"):
         definition({"services": {"db": {}}})

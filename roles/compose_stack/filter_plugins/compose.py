@@ -2,6 +2,9 @@
 
 compose_stack_definition: the compose definition compose_stack deploys, from the stack's
 template and the parts every stack shares (tasks/release.yml).
+compose_stack_pinned_images: image names pinned to the digests a registry gave them
+(name:tag@sha256:...), from docker_image_info's images (tasks/images.yml).
+compose_stack_web_image: the image a release's web replicas run (tasks/keep-release.yml).
 compose_stack_start_order: the services of a compose file, dependencies first.
 compose_stack_drift: what `compose up` would have to repair in a project, from the docker
 objects docker_host_info listed (tasks/docker-objects.yml). Check mode reports it, because
@@ -63,7 +66,9 @@ def compose_stack_definition(stack, shared):
     read; web waits for it to be healthy), and the entry proxy (shared.proxy, as service
     shared.proxy_service). A stack's own keys win. The web service is labelled (shared.release_label) with its release: a hash of
     its definition without the replica count, and of .env (shared.env), so that replicas whose
-    label differs are rolled and a change of the replica count alone rolls nothing. An
+    label differs are rolled and a change of the replica count alone rolls nothing. Images named
+    in shared.images (compose_stack_pinned_images) are pinned to their digest first, so a new
+    digest under the same tag is a new release. An
     x-compose-stack record names the web and proxy services and the proxy's stats port (read back
     from the host by rollback and restore, which get no stack variables)."""
     web, proxy = shared["web_service"], shared["proxy_service"]
@@ -88,6 +93,9 @@ def compose_stack_definition(stack, shared):
     for name, service in services.items():
         compose["services"][name] = _merged(_merged(base, web_shared) if name == web else base, service or {})
     compose["services"][proxy] = _merged(base, shared["proxy"])
+    pinned = shared.get("images") or {}
+    for service in compose["services"].values():
+        service["image"] = pinned.get(service.get("image"), service.get("image"))
     definition = _merged(compose["services"][web], {"deploy": {"replicas": 0}})
     definition.get("labels", {}).pop(shared["release_label"], None)
     release = hashlib.sha256((json.dumps(definition, sort_keys=True) + shared["env"]).encode()).hexdigest()[:16]
@@ -96,6 +104,25 @@ def compose_stack_definition(stack, shared):
     if datastore:
         compose["x-compose-stack"]["datastore"] = _plain(datastore["record"])
     return compose
+
+
+def compose_stack_pinned_images(images):
+    """{name:tag: name:tag@sha256:...} for each tag of `images` (docker_image_info's) whose
+    repository a registry gave a digest (RepoDigests: pulled or pushed). An image loaded from an
+    archive or built here has none, and keeps its tag."""
+    pinned = {}
+    for image in images:
+        digests = dict(entry.split("@", 1) for entry in image.get("RepoDigests") or [])
+        for tag in image.get("RepoTags") or []:
+            repository = tag.rsplit(":", 1)[0]
+            if repository in digests:
+                pinned[tag] = f"{tag}@{digests[repository]}"
+    return pinned
+
+
+def compose_stack_web_image(compose):
+    """The image of a compose definition's web service (named by its x-compose-stack record)."""
+    return compose["services"][compose["x-compose-stack"]["web_service"]]["image"]
 
 
 def compose_stack_start_order(compose):
@@ -350,7 +377,9 @@ def _swarm_port(port, mode):
 
 class FilterModule:
     def filters(self):
-        return {"compose_stack_definition": compose_stack_definition, "compose_stack_drift": compose_stack_drift, "compose_stack_start_order": compose_stack_start_order,
+        return {"compose_stack_definition": compose_stack_definition, "compose_stack_pinned_images": compose_stack_pinned_images,
+                "compose_stack_web_image": compose_stack_web_image,
+                "compose_stack_drift": compose_stack_drift, "compose_stack_start_order": compose_stack_start_order,
                 "compose_stack_rollout": compose_stack_rollout, "compose_stack_unconverged": compose_stack_unconverged,
                 "compose_stack_proxy_up": compose_stack_proxy_up, "compose_stack_swarm": compose_stack_swarm,
                 "compose_stack_swarm_versions": compose_stack_swarm_versions,
