@@ -75,7 +75,7 @@ def test_web_env_change_rolls_out_with_no_failed_request(host, drill):
     drill(lambda: playbook("-e", json.dumps({"hitcounter_env": {"DRILL": "env"}})))
     assert not set(replicas(host, "hitcounter")) & set(old)
     entry = assert_last_history_entry(host, "hitcounter", "deploy", "ok", release_of(host, "hitcounter"))
-    assert ".env" in entry["changes"] and entry["images"]["web"].startswith("hitcounter-app:"), entry
+    assert ".env" in entry["changes"] and entry["images"]["web"].split("/")[-1].startswith("hitcounter-app:"), entry
 
 
 def test_web_limit_change_rolls_out_with_no_failed_request_and_keeps_redis(host, drill):

@@ -66,6 +66,9 @@ def test_pinned_images_give_each_tag_its_registry_digest_and_the_definition_uses
     pinned_web = definition(images={"app:1": "app:1@sha256:cc", "db:1": "db:1@sha256:dd"})
     assert [pinned_web["services"][name]["image"] for name in ("web", "db", "proxy")] == ["app:1@sha256:cc", "db:1@sha256:dd", "haproxy:3.0"]
     assert compose.compose_stack_web_image(pinned_web) == "app:1@sha256:cc"
+    assert [compose.compose_stack_by_digest(name) for name in ("registry.kit:5444/s-app:1@sha256:bb", "registry.kit:5444/s-app@sha256:bb",
+                                                              "redis:7.4", "registry.kit:5444/s-app")] == [
+        "registry.kit:5444/s-app@sha256:bb", "registry.kit:5444/s-app@sha256:bb", "redis:7.4", "registry.kit:5444/s-app"]
     # The same tag with another digest is another release.
     assert pinned_web["services"]["web"]["labels"][LABEL] != plain["services"]["web"]["labels"][LABEL]
 

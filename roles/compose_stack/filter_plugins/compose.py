@@ -4,6 +4,8 @@ compose_stack_definition: the compose definition compose_stack deploys, from the
 template and the parts every stack shares (tasks/release.yml).
 compose_stack_pinned_images: image names pinned to the digests a registry gave them
 (name:tag@sha256:...), from docker_image_info's images (tasks/images.yml).
+compose_stack_by_digest: a pinned image name without its tag (name@sha256:...), which the Docker
+modules look up and pull (they do not parse name:tag@sha256:...).
 compose_stack_web_image: the image a release's web replicas run (tasks/keep-release.yml).
 compose_stack_start_order: the services of a compose file, dependencies first.
 compose_stack_drift: what `compose up` would have to repair in a project, from the docker
@@ -118,6 +120,15 @@ def compose_stack_pinned_images(images):
             if repository in digests:
                 pinned[tag] = f"{tag}@{digests[repository]}"
     return pinned
+
+
+def compose_stack_by_digest(image):
+    """`image` (name:tag@sha256:...) as name@sha256:...; a name without a digest is returned as is."""
+    name, at, digest = image.partition("@")
+    if not at:
+        return image
+    repository, colon, tag = name.rpartition(":")
+    return f"{repository if colon and '/' not in tag else name}@{digest}"
 
 
 def compose_stack_web_image(compose):
@@ -378,7 +389,7 @@ def _swarm_port(port, mode):
 class FilterModule:
     def filters(self):
         return {"compose_stack_definition": compose_stack_definition, "compose_stack_pinned_images": compose_stack_pinned_images,
-                "compose_stack_web_image": compose_stack_web_image,
+                "compose_stack_web_image": compose_stack_web_image, "compose_stack_by_digest": compose_stack_by_digest,
                 "compose_stack_drift": compose_stack_drift, "compose_stack_start_order": compose_stack_start_order,
                 "compose_stack_rollout": compose_stack_rollout, "compose_stack_unconverged": compose_stack_unconverged,
                 "compose_stack_proxy_up": compose_stack_proxy_up, "compose_stack_swarm": compose_stack_swarm,
