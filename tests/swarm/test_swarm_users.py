@@ -122,5 +122,5 @@ def test_teardown_with_purge_removes_the_stack_from_every_node(users_cluster):
     for name in NODES:
         node = node_host(name)
         assert node.check_output("docker ps -aq --filter label=com.docker.stack.namespace=users") == "", name
-        assert node.check_output("docker images -q 'users-app'") == "", name
+        assert node.check_output("docker images -q --filter label=compose-stack.app=users") == "", name
         assert node.check_output("docker volume ls -q --filter label=com.docker.stack.namespace=users") == "", name
