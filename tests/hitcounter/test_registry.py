@@ -137,13 +137,15 @@ def test_a_registry_fault_stops_the_deploy_before_any_container_and_the_old_rele
         kit_ca = handle.read()
     app = new_app(tmp_path, "app-fault")
     faults = {
-        # Nothing answers on that port: a registry that is down (no login asked, so the push fails).
+        # Nothing answers on that port: a registry that is down (no login asked, so the first pull fails).
         "down": ({"compose_stack_registry": "registry.kit:5999", "compose_stack_registry_username": ""},
-                 ["Push the app image to registry.kit:5999 failed for hitcounter", "connection refused"]),
+                 ["Pull the app image if it was pushed already to registry.kit:5999 failed for hitcounter", "connection refused",
+                  "Check that the registry registry.kit:5999 answers"]),
         "wrong password": ({"compose_stack_registry_password": "not-the-password"},
                            [f"Could not log in to the registry {registry} as deploy", "401 Unauthorized"]),
         "wrong CA": ({"docker_engine_registry_ca_certs": {"registry.kit:5443": kit_ca, registry: other_ca_pem()}},
-                     [f"Push the app image to {registry} failed for hitcounter", "certificate signed by unknown authority"]),
+                     [f"Pull the app image if it was pushed already to {registry} failed for hitcounter",
+                      "certificate signed by unknown authority", f"Check that the registry {registry} answers"]),
     }
     extra, expected = faults[fault]
     containers = {name: inspect(host, name)["Id"] for name in host.check_output(
