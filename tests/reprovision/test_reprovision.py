@@ -69,7 +69,7 @@ def project_leftovers(host, project):
     project_dir = host.file(f"/opt/{project}")
     return {"containers": host.check_output(f"docker ps -aq --filter {label}").split(),
             "networks": host.check_output(f"docker network ls -q --filter {label}").split(),
-            "images": host.check_output(f"docker images -q {project}-app").split(),
+            "images": host.check_output(f"docker images -q --filter label=compose-stack.app={project}").split(),
             "files": sorted(project_dir.listdir()) if project_dir.exists else None}
 
 
