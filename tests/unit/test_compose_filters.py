@@ -221,3 +221,20 @@ def test_history_table_shows_the_last_entries_oldest_first_with_who_what_and_why
 def test_subject_alt_names_tell_ip_addresses_from_dns_names():
     assert compose.compose_stack_subject_alt_names(["staging-1", "localhost", "127.0.0.1", "::1"]) == \
         "DNS:staging-1,DNS:localhost,IP:127.0.0.1,IP:::1"
+
+
+def test_objects_by_project_sorts_one_listing_by_label():
+    label, app = "com.docker.compose.project", "compose-stack.app"
+    host_info = {
+        "containers": [{"Id": "c1", "Labels": {label: "users"}}, {"Id": "c2", "Labels": {label: "wsgi"}}],
+        "networks": [{"Id": "n1", "Labels": {label: "users"}}],
+        # The engine lists a volume without labels as null.
+        "volumes": [{"Name": "v1", "Labels": None}, {"Name": "v2", "Labels": {label: "users"}}],
+        "images": [{"Id": "i1", "Labels": {app: "users"}}, {"Id": "i2", "Labels": {label: "users"}}],
+        "host_info": {"Swarm": {"NodeID": "n"}},
+    }
+    users, hitcounter = compose.compose_stack_objects_by_project(host_info, ["users", "hitcounter"], label, app)
+    assert users == {"item": "users", "containers": [{"Id": "c1", "Labels": {label: "users"}}],
+                     "networks": [{"Id": "n1", "Labels": {label: "users"}}], "volumes": [{"Name": "v2", "Labels": {label: "users"}}],
+                     "images": [{"Id": "i1", "Labels": {app: "users"}}], "host_info": {"Swarm": {"NodeID": "n"}}}
+    assert [hitcounter[kind] for kind in ("containers", "networks", "volumes", "images")] == [[], [], [], []]

@@ -8,6 +8,8 @@ compose_stack_by_digest: a pinned image name without its tag (name@sha256:...), 
 modules look up and pull (they do not parse name:tag@sha256:...).
 compose_stack_web_image: the image a release's web replicas run (tasks/keep-release.yml).
 compose_stack_start_order: the services of a compose file, dependencies first.
+compose_stack_objects_by_project: the docker objects of each project, from one docker_host_info
+listing (tasks/docker-objects.yml).
 compose_stack_drift: what `compose up` would have to repair in a project, from the docker
 objects docker_host_info listed (tasks/docker-objects.yml). Check mode reports it, because
 `compose up --dry-run` fails as soon as a dependency is stopped.
@@ -151,6 +153,19 @@ def compose_stack_start_order(compose):
     for name in services:
         visit(name)
     return order
+
+
+def compose_stack_objects_by_project(host_info, projects, project_label, app_label):
+    """docker_host_info's containers, networks and volumes (labelled with `project_label`) and app
+    images (labelled with `app_label`), one dict per project in `projects`: {item (the project),
+    containers, networks, volumes, images, host_info}. One listing serves every project."""
+    def owned(kind, label, project):
+        return [entry for entry in host_info.get(kind) or [] if (entry.get("Labels") or {}).get(label) == project]
+
+    return [{"item": project, "containers": owned("containers", project_label, project),
+             "networks": owned("networks", project_label, project), "volumes": owned("volumes", project_label, project),
+             "images": owned("images", app_label, project), "host_info": host_info.get("host_info", {})}
+            for project in projects]
 
 
 def compose_stack_drift(objects, services):
@@ -394,6 +409,7 @@ class FilterModule:
                 "compose_stack_rollout": compose_stack_rollout, "compose_stack_unconverged": compose_stack_unconverged,
                 "compose_stack_proxy_up": compose_stack_proxy_up, "compose_stack_swarm": compose_stack_swarm,
                 "compose_stack_swarm_versions": compose_stack_swarm_versions,
+                "compose_stack_objects_by_project": compose_stack_objects_by_project,
                 "compose_stack_swarm_failed_updates": compose_stack_swarm_failed_updates,
                 "compose_stack_invalid_cidrs": compose_stack_invalid_cidrs, "compose_stack_subject_alt_names": compose_stack_subject_alt_names,
                 "compose_stack_history_table": compose_stack_history_table}
