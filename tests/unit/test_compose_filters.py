@@ -238,3 +238,21 @@ def test_objects_by_project_sorts_one_listing_by_label():
                      "networks": [{"Id": "n1", "Labels": {label: "users"}}], "volumes": [{"Name": "v2", "Labels": {label: "users"}}],
                      "images": [{"Id": "i1", "Labels": {app: "users"}}], "host_info": {"Swarm": {"NodeID": "n"}}}
     assert [hitcounter[kind] for kind in ("containers", "networks", "volumes", "images")] == [[], [], [], []]
+
+
+def test_swarm_unconverged_counts_running_tasks_of_the_current_spec():
+    converged = "\n".join([
+        "service s_web 3/3", "service s_proxy 3/3 (max 1 per node)", "service s_redis 1/1",
+        "update s_web completed", "update s_proxy ", "update s_redis rollback_completed",
+        "task s_web.1 Running 2 minutes ago", "task s_web.2 Running 2 minutes ago", "task s_web.3 Running 1 minute ago",
+        "task s_proxy.abc Running 2 minutes ago", "task s_proxy.def Running 2 minutes ago", "task s_proxy.ghi Running 1 minute ago",
+        "task s_redis.1 Running 5 minutes ago",
+    ])
+    assert compose.compose_stack_swarm_unconverged(converged) == []
+    # An update Swarm called completed whose new tasks never became healthy (they start again and
+    # again): the old tasks still run, but they are not of the current spec and are not listed.
+    failing = converged.replace("task s_web.2 Running 2 minutes ago", "task s_web.2 Starting 3 seconds ago").replace(
+        "task s_web.3 Running 1 minute ago\n", "")
+    assert compose.compose_stack_swarm_unconverged(failing) == ["s_web: 1 of 3 tasks of its current spec running"]
+    rolling_back = converged.replace("update s_redis rollback_completed", "update s_redis rollback_started")
+    assert compose.compose_stack_swarm_unconverged(rolling_back) == ["s_redis: rollback started"]

@@ -21,6 +21,8 @@ compose_stack_swarm: the stack file `docker stack deploy` gets, made from the co
 single host gets (one stack definition, two engines).
 compose_stack_swarm_failed_updates: the services whose update a stack deploy started and Swarm
 rolled back.
+compose_stack_swarm_unconverged: why a stack has not converged after docker stack deploy (its
+tasks, not the update status, which Swarm can report completed for an update whose tasks fail).
 compose_stack_swarm_versions: the services' versions in `docker service inspect` output (a deploy
 records them; the next one is skipped when no service changed since).
 compose_stack_invalid_cidrs: the entries of compose_stack_allowed_sources that are not IPv4 networks.
@@ -346,6 +348,32 @@ def compose_stack_swarm_failed_updates(before, after):
             and status.get("StartedAt") != earlier.get(name, {}).get("StartedAt")]
 
 
+def compose_stack_swarm_unconverged(output):
+    """Why a stack has not converged, one reason per service, from the lines the convergence read
+    in tasks/swarm-up.yml prints: `service <name> <running>/<desired>...`, `update <name> <state>`
+    and `task <service>.<slot or node> <current state>` for each running task of the service's
+    current spec. Empty: every service runs its desired count of current tasks (running means
+    healthy, for a service with a health check) and no update or rollback is under way."""
+    desired, states, running = {}, {}, {}
+    for line in output.splitlines():
+        kind, _, rest = line.partition(" ")
+        fields = rest.split()
+        if kind == "service" and len(fields) >= 2:
+            desired[fields[0]] = int(fields[1].split("/")[1])
+        elif kind == "update" and fields:
+            states[fields[0]] = fields[1] if len(fields) > 1 else ""
+        elif kind == "task" and len(fields) >= 2 and fields[1] == "Running":
+            service = fields[0].rsplit(".", 1)[0]
+            running[service] = running.get(service, 0) + 1
+    reasons = []
+    for name in sorted(desired):
+        if states.get(name) in ("updating", "rollback_started"):
+            reasons.append(f"{name}: {states[name].replace('_', ' ')}")
+        elif running.get(name, 0) != desired[name]:
+            reasons.append(f"{name}: {running.get(name, 0)} of {desired[name]} tasks of its current spec running")
+    return reasons
+
+
 def compose_stack_swarm_versions(output):
     """"name version" lines, sorted, of the inspect above: a service changed or updated by
     anyone (by hand, or by Swarm rolling it back) has another version."""
@@ -411,5 +439,6 @@ class FilterModule:
                 "compose_stack_swarm_versions": compose_stack_swarm_versions,
                 "compose_stack_objects_by_project": compose_stack_objects_by_project,
                 "compose_stack_swarm_failed_updates": compose_stack_swarm_failed_updates,
+                "compose_stack_swarm_unconverged": compose_stack_swarm_unconverged,
                 "compose_stack_invalid_cidrs": compose_stack_invalid_cidrs, "compose_stack_subject_alt_names": compose_stack_subject_alt_names,
                 "compose_stack_history_table": compose_stack_history_table}
