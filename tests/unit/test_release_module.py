@@ -78,3 +78,18 @@ def test_check_mode_reports_the_change_and_writes_nothing(tmp_path):
 def test_a_missing_folder_is_a_clear_failure(tmp_path):
     result = run(tmp_path, expect_failure=True, path=str(tmp_path / "never-deployed" / "previous"), files={"f": b64("x")})
     assert "never-deployed/previous does not exist" in result["msg"]
+
+
+def test_absent_paths_are_removed_and_read_files_returned_in_the_same_run(tmp_path):
+    root = tmp_path / "stack"
+    (root / "tls").mkdir(parents=True)
+    (root / "tls" / "proxy.pem").write_text("key\n")
+    (root / "swarm-services").write_text("s_web 12\n")
+    args = dict(path=str(root), files={"compose.yaml": b64("a: 1\n")}, absent=["tls", "gone"], read=["swarm-services", "missing"])
+    checked = run(tmp_path, check_mode=True, **args)
+    assert checked["changed"] and checked["removed"] == ["tls"] and (root / "tls" / "proxy.pem").exists()
+    result = run(tmp_path, **args)
+    assert result["removed"] == ["tls"] and not (root / "tls").exists()
+    assert result["read"] == {"swarm-services": b64("s_web 12\n")}
+    again = run(tmp_path, **args)
+    assert not again["changed"] and again["removed"] == []

@@ -12,6 +12,7 @@ description:
     previous release or put it back after a failed deploy.
   - One module run replaces a file/slurp/copy task per folder and file: a no-op deploy costs one
     round trip here instead of a dozen.
+  - Removes the paths named in O(absent), and returns the files named in O(read), in the same run.
   - Supports check mode and diff mode (a diff per changed file).
 options:
   path:
@@ -30,6 +31,16 @@ options:
     description: Octal mode of each file, by relative name; files not named here get V(0600).
     type: dict
     default: {}
+  absent:
+    description: Files or folders under O(path) to remove (a folder with everything in it).
+    type: list
+    elements: str
+    default: []
+  read:
+    description: Files under O(path) to return as they are (not written), in the same round trip.
+    type: list
+    elements: str
+    default: []
 author: compose_stack role
 """
 
@@ -42,10 +53,19 @@ before:
   description: Relative name -> base64 content of each file in O(files) as it was before this run (absent files left out).
   type: dict
   returned: always
+removed:
+  description: Relative names of the O(absent) paths that were (or in check mode would be) removed.
+  type: list
+  returned: always
+read:
+  description: Relative name -> base64 content of each file in O(read) that exists.
+  type: dict
+  returned: always
 """
 
 import base64
 import os
+import shutil
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
@@ -70,6 +90,8 @@ def main():
             "directories": {"type": "dict", "default": {}},
             "files": {"type": "dict", "required": True},
             "modes": {"type": "dict", "default": {}},
+            "absent": {"type": "list", "elements": "str", "default": []},
+            "read": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -115,8 +137,20 @@ def main():
         os.chmod(temporary, wanted)
         os.replace(temporary, path)
 
-    result = {"changed": bool(changed_dirs or changed_files), "changed_files": changed_files,
-              "changed_directories": changed_dirs, "before": before}
+    removed = [name for name in module.params["absent"] if os.path.lexists(os.path.join(root, name))]
+    if not module.check_mode:
+        for name in removed:
+            path = os.path.join(root, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+
+    read_back = {name: base64.b64encode(content).decode() for name in module.params["read"]
+                 if (content := read(os.path.join(root, name))) is not None}
+
+    result = {"changed": bool(changed_dirs or changed_files or removed), "changed_files": changed_files,
+              "changed_directories": changed_dirs, "before": before, "removed": removed, "read": read_back}
     if diffs:
         result["diff"] = diffs
     module.exit_json(**result)
