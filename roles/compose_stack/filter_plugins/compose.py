@@ -352,7 +352,7 @@ def compose_stack_swarm_unconverged(output):
     """Why a stack has not converged, one reason per service, from the lines the convergence read
     in tasks/swarm-up.yml prints: `service <name> <running>/<desired>...`, `update <name> <state>`
     and `task <service>.<slot or node> <current state>` for each running task of the service's
-    current spec. Empty: every service runs its desired count of current tasks (running means
+    current spec. Empty: every service runs at least its desired count of current tasks (running means
     healthy, for a service with a health check) and no update or rollback is under way."""
     desired, states, running = {}, {}, {}
     for line in output.splitlines():
@@ -369,7 +369,9 @@ def compose_stack_swarm_unconverged(output):
     for name in sorted(desired):
         if states.get(name) in ("updating", "rollback_started"):
             reasons.append(f"{name}: {states[name].replace('_', ' ')}")
-        elif running.get(name, 0) != desired[name]:
+        # At least: a task on a node that is down still shows its last state (a global service
+        # keeps it), and docker's own wait leaves those nodes out the same way.
+        elif running.get(name, 0) < desired[name]:
             reasons.append(f"{name}: {running.get(name, 0)} of {desired[name]} tasks of its current spec running")
     return reasons
 
